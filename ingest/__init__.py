@@ -1,0 +1,1 @@
+"""MQTT to InfluxDB (or the embedded store): every ingested message becomes points, acknowledged once stored."""

@@ -1,0 +1,188 @@
+"""One MQTT connection per object: persistent session, re-subscription, birth and last will, and
+reconnection with capped exponential backoff and jitter (paho's loop thread does the reconnecting),
+and TLS with an optional client certificate when the config names a CA (docs/security.md).
+
+Callbacks only put messages on a queue; the owner does the work on its own thread.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import queue
+import random
+import socket
+import ssl
+import sys
+import threading
+from dataclasses import dataclass
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from orelane.config import MqttConfig
+
+log = logging.getLogger(__name__)
+
+SESSION_EXPIRY_S = 24 * 3600  # the broker keeps QoS 1 messages for a restarting daemon this long
+
+
+class _ShutdownNoise(logging.Filter):
+    """paho 2.2's loop thread logs 'Client is not connected' at ERROR once after a clean disconnect."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Client is not connected")
+
+
+@dataclass(frozen=True)
+class Will:
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = True
+
+
+class MqttLink:
+    """A paho client owned by one component; messages arrive on `self.inbox` as paho MQTTMessage."""
+
+    def __init__(self, cfg: MqttConfig, client_id: str, subscriptions: list[tuple[str, int]] = (),
+                 will: Will | None = None, birth: tuple[str, bytes] | None = None,
+                 manual_ack: bool = False, inbox_limit: int = 0):
+        self.cfg, self.client_id = cfg, client_id
+        self.subscriptions = list(subscriptions)
+        self.birth = birth
+        self.protocol = protocol = cfg.protocol
+        self.inbox: "queue.Queue[mqtt.MQTTMessage]" = queue.Queue(inbox_limit)
+        self.connected = threading.Event()
+        self.connects = 0
+        self.last_error = ""  # why the latest connection attempt failed or was lost ("" once connected)
+        self._refused = False  # the broker answered this attempt's CONNECT with a refusal
+        self.publishes_refused = 0  # QoS 1 publishes the broker answered with a failure (MQTT 5), e.g. its ACL
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
+                                  protocol=mqtt.MQTTv5 if protocol == 5 else mqtt.MQTTv311,
+                                  clean_session=None if protocol == 5 else False, manual_ack=manual_ack)
+        if cfg.username:
+            self.client.username_pw_set(cfg.username, cfg.password or None)
+        if cfg.tls_ca_file is not None:
+            # PROTOCOL_TLS_CLIENT: TLS 1.2 or newer, the broker's certificate verified and matched to cfg.host.
+            self.client.tls_set(ca_certs=str(cfg.tls_ca_file),
+                                certfile=str(cfg.tls_cert_file) if cfg.tls_cert_file else None,
+                                keyfile=str(cfg.tls_key_file) if cfg.tls_key_file else None,
+                                tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        elif cfg.password and not _is_loopback(cfg.host):
+            log.warning("MQTT %s: the password for %r goes to %s:%s in clear text; set mqtt.tls_ca_file to use TLS",
+                        client_id, cfg.username, cfg.host, cfg.port)
+        if will is not None:
+            self.client.will_set(will.topic, will.payload, will.qos, will.retain)
+        self.client.reconnect_delay_set(min_delay=random.uniform(0.5, 1.5), max_delay=30)
+        self.client.max_queued_messages_set(0)  # paho keeps unsent QoS>0 messages while disconnected
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_connect_fail = self._on_connect_fail
+        self.client.on_publish = self._on_publish
+        # paho reports socket and TLS errors (a refused client certificate) only through its logger.
+        paho_log = log.getChild("paho")
+        if not any(isinstance(f, _ShutdownNoise) for f in paho_log.filters):
+            paho_log.addFilter(_ShutdownNoise())
+        self.client.enable_logger(paho_log)
+        self.client.on_message = self._on_message
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            self._refused = True
+            self._failed(f"broker refused the connection: {reason_code}", logging.ERROR)
+            return
+        self.connects += 1
+        self.last_error = ""
+        sock = client.socket()
+        if sock is not None:  # results must not wait ~40 ms for Nagle and the broker's delayed ack
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for topic_filter, qos in self.subscriptions:
+            client.subscribe(topic_filter, qos)
+        if self.birth is not None:
+            client.publish(self.birth[0], self.birth[1], qos=1, retain=True)
+        self.connected.set()
+        log.info("MQTT %s connected to %s:%s (session present: %s)", self.client_id, self.cfg.host, self.cfg.port,
+                 flags.session_present)
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        was_connected, refused = self.connected.is_set(), self._refused
+        self.connected.clear()
+        self._refused = False
+        if reason_code == 0 or refused:
+            return
+        if was_connected:
+            self._failed(f"lost the broker: {reason_code}; reconnecting")
+        else:
+            # With TLS 1.3 a broker refuses a missing or untrusted client certificate after the handshake,
+            # so the client sees only a failed read; paho logs the TLS alert (logger orelane.mqtt.paho).
+            self._failed(f"the broker closed the connection before accepting it ({reason_code}): often a TLS "
+                         f"refusal such as a missing client certificate (see logger {log.name}.paho); retrying")
+
+    def _on_connect_fail(self, client, userdata) -> None:
+        # paho calls this inside its `except OSError` block without the exception; the TLS or socket
+        # error (certificate verify failed, connection refused) is what an operator needs to see.
+        exc = sys.exc_info()[1]
+        self._failed(f"cannot connect: {exc or 'unknown error'}; retrying")
+
+    def _failed(self, reason: str, level: int = logging.WARNING) -> None:
+        """Log a connection failure once per distinct reason, so a broker down for an hour is not 120 lines."""
+        if reason != self.last_error:
+            log.log(level, "MQTT %s, broker %s:%s: %s", self.client_id, self.cfg.host, self.cfg.port, reason)
+        self.last_error = reason
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        # An access list drops a refused message; without this the publisher would never know.
+        if reason_code.is_failure:
+            self.publishes_refused += 1
+            if self.publishes_refused == 1:
+                log.error("MQTT %s: broker %s:%s refused a publish (mid %s): %s; check the broker's acl_file "
+                          "for user %r (further refusals are only counted)", self.client_id, self.cfg.host,
+                          self.cfg.port, mid, reason_code, self.cfg.username)
+
+    def _on_message(self, client, userdata, message) -> None:
+        self.inbox.put(message)
+
+    def start(self, wait_s: float = 0.0) -> "MqttLink":
+        props = None
+        if self.protocol == 5:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = SESSION_EXPIRY_S
+            self.client.connect_async(self.cfg.host, self.cfg.port, self.cfg.keepalive_s, clean_start=False,
+                                      properties=props)
+        else:
+            self.client.connect_async(self.cfg.host, self.cfg.port, self.cfg.keepalive_s)
+        self.client.loop_start()
+        if wait_s and not self.connected.wait(wait_s):
+            raise ConnectionError(f"MQTT {self.client_id}: no connection to {self.cfg.host}:{self.cfg.port} "
+                                  f"within {wait_s:g} s" + (f" ({self.last_error})" if self.last_error else ""))
+        return self
+
+    def publish(self, topic: str, payload: bytes, qos: int, retain: bool = False) -> mqtt.MQTTMessageInfo:
+        return self.client.publish(topic, payload, qos=qos, retain=retain)
+
+    def ack(self, message: mqtt.MQTTMessage) -> None:
+        self.client.ack(message.mid, message.qos)
+
+    def stop(self, final: tuple[str, bytes] | None = None) -> None:
+        """Publish `final` (e.g. a clean 'offline' status) and disconnect without triggering the will."""
+        if final is not None and self.connected.is_set():
+            self.client.publish(final[0], final[1], qos=1, retain=True).wait_for_publish(2)
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def __enter__(self) -> "MqttLink":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

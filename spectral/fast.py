@@ -1,0 +1,268 @@
+"""The edge's scoring kernel: a preprocessing chain and the model's linear heads compiled into two matrix
+products per batch, in float32, with per-spectrum scaling (SNV, MSC) applied algebraically around them.
+
+Features after the chain are written symbolically as ``f = (X @ L + A @ C) / s``: X is the one array that is
+actually materialised (raw counts, or absorbance), L the product of every linear step (reference
+correction, Savitzky-Golay, detrending, range selection, resampling), A and s per-spectrum offsets and
+scales produced by SNV/MSC, and C fixed offset vectors. Everything a scaling step needs (band sums, sums
+of squares, dot products with its reference) and every head (PCA scores, class logits, class residual
+directions, brand logits, the dot product with the PCA centre) is then a column of one matrix ``W``, so a
+batch costs ``X @ W`` plus ``(X * X) @ G`` for the sums of squares. A chain that needs a sum of squares
+after a non-diagonal linear step (for example SNV after a derivative) materialises the features there
+and starts a new segment; that is slower but still exact.
+
+Only numpy is imported here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from spectral.preprocess import Step
+
+
+@dataclass
+class Heads:
+    """Linear read-outs of the final features f (bands_f): what the lane model computes from them."""
+
+    mean: np.ndarray  # (bf,) PCA centre
+    components: np.ndarray  # (k, bf)
+    class_coef: np.ndarray  # (bf, C): logits = f @ class_coef + class_offset
+    class_offset: np.ndarray  # (C,)
+    residual_dirs: np.ndarray  # (bf, R): class residual projections = (f - mean) @ residual_dirs
+    brand_coef: np.ndarray  # (bf, B)
+    brand_offset: np.ndarray  # (B,)
+
+    def matrix(self) -> np.ndarray:
+        return np.hstack([self.components.T, self.class_coef, self.residual_dirs, self.brand_coef,
+                          self.mean[:, None]])
+
+    def sizes(self) -> tuple[int, int, int, int]:
+        return (self.components.shape[0], self.class_coef.shape[1], self.residual_dirs.shape[1],
+                self.brand_coef.shape[1])
+
+
+@dataclass
+class Outputs:
+    """Per spectrum, in float64: PCA scores, Q, class logits, class residual projections, brand logits."""
+
+    scores: np.ndarray
+    q: np.ndarray
+    logits: np.ndarray
+    residual_proj: np.ndarray
+    brand_logits: np.ndarray
+    degenerate: np.ndarray  # bool: a scaling step met a flat spectrum (zero spread or zero slope)
+
+
+def _diagonal_like(m: np.ndarray) -> bool:
+    """Each output column takes exactly one input band and no band is used twice: sums of squares are cheap."""
+    nz = m != 0
+    return bool(np.all(nz.sum(axis=0) == 1) and np.all(nz.sum(axis=1) <= 1))
+
+
+@dataclass
+class _Op:
+    kind: str  # center | snv | msc
+    n_bands: int
+    col_sum: int
+    col_dot: list[int]  # snv: columns X @ (L C_r); msc: [column X @ (L rc)]
+    g_col: int  # snv: column of G
+    c_sum: np.ndarray  # C @ 1
+    c_gram: np.ndarray | None = None  # snv: C @ C.T
+    c_ref: np.ndarray | None = None  # msc: C @ rc
+    ref_mean: float = 0.0
+    rc_norm2: float = 1.0
+
+
+@dataclass
+class _Segment:
+    source: str  # counts | log | features
+    floor: float
+    w: np.ndarray  # (bx, m) float32
+    g: np.ndarray  # (bx, p) float32
+    ops: list[_Op]
+    c_init: np.ndarray  # (1, bf0) offset row of the constant A column
+    # set on the last segment only:
+    head_cols: slice | None = None
+    c_head: np.ndarray | None = None  # (r, m_heads)
+    norm_col: int = -1  # G column of ||X L||^2 at the end, or -1
+    norm_dot_cols: list[int] | None = None  # columns X @ (L C_r) for the cross terms of ||f||^2
+    norm_known: bool = False  # the chain ends in SNV: ||f||^2 = bands
+    c_final: np.ndarray | None = None
+    n_final: int = 0
+    # set when this segment hands its features to the next one:
+    l_out: np.ndarray | None = None
+    c_out: np.ndarray | None = None
+
+
+class CompiledChain:
+    """A chain plus heads compiled for one pair of dark/white references."""
+
+    def __init__(self, steps: list[Step], heads: Heads, dark: np.ndarray, white: np.ndarray,
+                 dtype: type = np.float32):
+        self.dtype = dtype
+        dark = np.asarray(dark, dtype=np.float64)
+        white = np.asarray(white, dtype=np.float64)
+        gain = 1.0 / (white - dark)  # reflectance = counts * gain + offset
+        offset = -dark * gain
+        self.n_bands = dark.size
+        self._gain = gain.astype(dtype)
+        self._offset = offset.astype(dtype)
+        steps = list(steps)
+        self.segments: list[_Segment] = []
+        if steps and steps[0].kind == "absorbance":
+            # X holds log10(R); the minus sign of log10(1/R) lives in L, saving a pass over the batch.
+            source, floor = "log", steps[0].floor
+            lin, cst = -np.eye(self.n_bands), np.zeros((1, self.n_bands))
+            steps = steps[1:]
+        else:
+            source, floor = "counts", 0.0
+            lin, cst = np.diag(gain), offset[None, :]
+        self._compile(steps, heads, source, floor, lin, cst)
+
+    # ------------------------------------------------------------ compile
+    def _compile(self, steps, heads, source, floor, lin, cst):
+        cols: list[np.ndarray] = []
+        gcols: list[np.ndarray] = []
+        ops: list[_Op] = []
+        c_init = cst.copy()
+
+        def col(v):
+            cols.append(np.asarray(v, dtype=np.float64))
+            return len(cols) - 1
+
+        def gcol(v):
+            gcols.append(np.asarray(v, dtype=np.float64))
+            return len(gcols) - 1
+
+        def close(**extra) -> _Segment:
+            bx = lin.shape[0]
+            w = np.stack(cols, axis=1) if cols else np.zeros((bx, 0))
+            g = np.stack(gcols, axis=1) if gcols else np.zeros((bx, 0))
+            seg = _Segment(source, floor, w.astype(self.dtype), g.astype(self.dtype), ops, c_init, **extra)
+            self.segments.append(seg)
+            return seg
+
+        ends_in_snv = False
+        for i, step in enumerate(steps):
+            if step.kind == "linear":
+                lin = lin @ step.matrix
+                cst = cst @ step.matrix
+                ends_in_snv = False
+                continue
+            if step.kind == "absorbance" or (step.kind == "snv" and not _diagonal_like(lin)):
+                close(l_out=lin, c_out=cst)
+                nxt_source = "log" if step.kind == "absorbance" else "features"
+                nf = lin.shape[1]
+                rest = steps[i + 1:] if step.kind == "absorbance" else steps[i:]
+                sign = -1.0 if nxt_source == "log" else 1.0
+                self._compile(rest, heads, nxt_source, step.floor, sign * np.eye(nf), np.zeros((1, nf)))
+                return
+            bf = lin.shape[1]
+            ones = np.ones(bf)
+            if step.kind == "center":
+                ops.append(_Op("center", bf, col(lin @ ones), [], -1, cst @ ones))
+                ends_in_snv = False
+            elif step.kind == "snv":
+                ops.append(_Op("snv", bf, col(lin @ ones), [col(lin @ c) for c in cst],
+                               gcol(np.sum(lin * lin, axis=1)), cst @ ones, c_gram=cst @ cst.T))
+                ends_in_snv = True
+            else:  # msc
+                ref = np.asarray(step.reference, dtype=np.float64)
+                rc = ref - ref.mean()
+                ops.append(_Op("msc", bf, col(lin @ ones), [col(lin @ rc)], -1, cst @ ones, c_ref=cst @ rc,
+                               ref_mean=float(ref.mean()), rc_norm2=float(rc @ rc)))
+                ends_in_snv = False
+            cst = np.vstack([cst, ones])
+        hm = heads.matrix()
+        if hm.shape[0] != lin.shape[1]:
+            raise ValueError(f"the chain gives {lin.shape[1]} features; the model heads expect {hm.shape[0]}")
+        norm_col = -1
+        norm_dot_cols: list[int] = []
+        if not ends_in_snv:
+            if not _diagonal_like(lin):
+                close(l_out=lin, c_out=cst)
+                nf = lin.shape[1]
+                self._compile([], heads, "features", 0.0, np.eye(nf), np.zeros((1, nf)))
+                return
+            norm_col = gcol(np.sum(lin * lin, axis=1))
+            norm_dot_cols = [col(lin @ c) for c in cst]
+        start = len(cols)
+        for j in range(hm.shape[1]):
+            col(lin @ hm[:, j])
+        close(head_cols=slice(start, start + hm.shape[1]), c_head=cst @ hm, norm_col=norm_col,
+              norm_dot_cols=norm_dot_cols, norm_known=ends_in_snv, c_final=cst, n_final=lin.shape[1])
+        self._heads = heads
+        self._sizes = heads.sizes()
+        self._mu_h = heads.mean @ hm  # constants of (f - mu) read-outs
+
+    # ------------------------------------------------------------ run
+    def run(self, counts: np.ndarray) -> Outputs:
+        n = counts.shape[0]
+        x = np.empty(counts.shape, dtype=self.dtype)
+        np.copyto(x, counts, casting="unsafe")
+        degenerate = np.zeros(n, dtype=bool)
+        for seg in self.segments:
+            if seg.source == "log":
+                if seg is self.segments[0]:  # counts to reflectance first
+                    x *= self._gain
+                    x += self._offset
+                np.maximum(x, seg.floor, out=x)
+                np.log10(x, out=x)
+            z = (x @ seg.w).astype(np.float64) if seg.w.shape[1] else np.zeros((n, 0))
+            sq = (np.square(x) @ seg.g).astype(np.float64) if seg.g.shape[1] else None
+            a = np.ones((n, 1))
+            s = np.ones(n)
+            for op in seg.ops:
+                total = (z[:, op.col_sum] + a @ op.c_sum) / s
+                mean = total / op.n_bands
+                if op.kind == "center":
+                    a = np.hstack([a, -(s * mean)[:, None]])
+                elif op.kind == "snv":
+                    dots = z[:, op.col_dot]
+                    ss = (sq[:, op.g_col] + 2 * np.sum(a * dots, axis=1) + np.einsum("ij,jk,ik->i", a, op.c_gram, a))
+                    var = ss / (s * s) / op.n_bands - mean * mean
+                    std = np.sqrt(np.maximum(var, 0.0))
+                    flat = ~(std > 1e-7 * (np.abs(mean) + 1e-30))
+                    degenerate |= flat
+                    factor = np.where(flat, 1.0, std)
+                    a = np.hstack([a, -(s * mean)[:, None]])
+                    s = s * factor
+                else:
+                    dot = (z[:, op.col_dot[0]] + a @ op.c_ref) / s
+                    slope = dot / op.rc_norm2
+                    intercept = mean - slope * op.ref_mean
+                    bad = ~(np.abs(slope) > 1e-12)
+                    degenerate |= bad
+                    a = np.hstack([a, -(s * intercept)[:, None]])
+                    s = s * np.where(bad, 1.0, slope)
+            if seg.head_cols is None:
+                y = (x @ seg.l_out.astype(self.dtype)).astype(np.float64)
+                y += a @ seg.c_out
+                y /= s[:, None]
+                x = y.astype(self.dtype)
+                continue
+            hf = (z[:, seg.head_cols] + a @ seg.c_head) / s[:, None]  # f @ H
+            if seg.norm_known:
+                fnorm2 = np.where(degenerate, 0.0, float(seg.n_final))
+            else:
+                dots = z[:, seg.norm_dot_cols]
+                fnorm2 = (sq[:, seg.norm_col] + 2 * np.sum(a * dots, axis=1)
+                          + np.einsum("ij,jk,ik->i", a, seg.c_final @ seg.c_final.T, a)) / (s * s)
+            return self._read_out(hf, fnorm2, degenerate)
+        raise AssertionError("compiled chain has no final segment")
+
+    def _read_out(self, hf, fnorm2, degenerate) -> Outputs:
+        k, c, r, b = self._sizes
+        centred = hf - self._mu_h  # (f - mu) @ H
+        scores = centred[:, :k]
+        fmu = centred[:, -1]  # (f - mu) . mu
+        mu2 = float(self._heads.mean @ self._heads.mean)
+        # |f - mu|^2 = |f|^2 - 2 f.mu + |mu|^2, and f.mu = (f - mu).mu + |mu|^2
+        q = fnorm2 - 2 * (fmu + mu2) + mu2 - np.sum(scores ** 2, axis=1)
+        logits = hf[:, k:k + c] + self._heads.class_offset
+        resid = centred[:, k + c:k + c + r]
+        brand = hf[:, k + c + r:k + c + r + b] + self._heads.brand_offset
+        return Outputs(scores, np.maximum(q, 0.0), logits, resid, brand, degenerate)

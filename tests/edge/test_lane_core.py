@@ -1,0 +1,206 @@
+"""LaneCore with a simulated clock: radiation alarms, the lot brand check, instrument health alarms,
+and out-of-range belt-scale values (real PLC simulator and Modbus servers, no broker)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edge.instruments import InstrumentReader
+from edge.lane import LaneCore
+from orelane import config
+from orelane.contract import messages as msg
+from orelane.contract.registers import BELT_SCALE
+from orelane.modbus_server import RegisterBank
+from sampling_robot.driver import SamplerDriver
+from sampling_robot.plc_sim import SamplerPlcSimulator
+from sampling_robot.registry import SampleRegistry
+from spectral import synth
+from spectral.model import train_synthetic
+
+LANE = "lane-3"
+
+
+@pytest.fixture(scope="module")
+def instrument():
+    return synth.Instrument(synth.wavelength_grid())
+
+
+@pytest.fixture(scope="module")
+def model(instrument):
+    return train_synthetic(instrument, np.random.default_rng(7))
+
+
+@pytest.fixture
+def lane_core(tmp_path, instrument, model):
+    """A LaneCore on a simulated clock with a real PLC simulator; returns (core, clock, published, plc)."""
+    clock = [1_000.0]
+    plc = SamplerPlcSimulator(cycle_s=20.0, clock=lambda: clock[0])
+    published: list[tuple[str, bytes]] = []
+    made = []
+
+    def make(**lane_keys):
+        server = plc.serve(scan_interval_s=0.005)
+        made.append(server)
+        doc = {"site": {"id": "s"}, "lane": [{"id": LANE, "routine_increment_t": 1e9, "cutter_distance_m": 20.0,
+                                              "belt_scale": {"host": "127.0.0.1", "port": 1},
+                                              "robot": {"host": "127.0.0.1", "port": server.port}, **lane_keys}]}
+        lane = config.parse(doc, "<test>", environ={}).lanes[0]
+        registry = SampleRegistry(tmp_path / "samples.sqlite")
+        robot = SamplerDriver("127.0.0.1", server.port)
+        made.extend([registry, robot])
+        core = LaneCore("s", lane, model, registry, robot, lambda leaf, p: published.append((leaf, p)),
+                        clock=lambda: clock[0])
+        w = instrument.wavelengths_nm
+        for name, counts in (("dark", instrument.dark_reference()), ("white", instrument.white_reference())):
+            core.handle_reference(msg.Reference(LANE, name, clock[0], 5.0, tuple(w), tuple(counts)))
+        return core
+
+    yield make, clock, published, plc
+    for thing in reversed(made):
+        (thing.stop if hasattr(thing, "stop") else thing.close)()
+
+
+def run_belt(core, clock, seconds, instrument, rng, speed=3.0, brand=None, dose=None, counts_fn=None,
+             spectra_per_step=5):
+    """Advance the belt by `seconds` in 0.1 s steps, with spectra and (optionally) gamma readings."""
+    w = instrument.wavelengths_nm
+    seq = getattr(core, "_test_seq", 0)
+    for _ in range(int(seconds * 10)):
+        clock[0] += 0.1
+        latest = core.tracker.latest
+        total = (latest.totalizer_t if latest else 0.0) + speed * 0.1 * 0.4
+        core.on_belt_reading(clock[0], {"speed_m_s": speed, "totalizer_t": total, "flow_t_h": speed * 1440})
+        if dose is not None:
+            core.on_radiation_reading({"dose_rate_usv_h": dose(core.tracker.position_at(clock[0])),
+                                       "background_usv_h": 0.1, "alarm": 0})
+        counts = (counts_fn(spectra_per_step) if counts_fn else
+                  instrument.counts(synth.ore_reflectance(w, spectra_per_step, rng, brand), rng))
+        times = clock[0] - np.arange(spectra_per_step)[::-1] * 0.1 / spectra_per_step
+        core.handle_spectra("spectra/batch", msg.SpectrumBatch(
+            LANE, w.astype(np.float32), np.arange(seq, seq + spectra_per_step, dtype=np.uint64),
+            (times * 1e9).astype(np.int64), np.full(spectra_per_step, 5000, np.uint32), counts))
+        seq += spectra_per_step
+        core.step(clock[0])
+    core._test_seq = seq
+
+
+def events_of(published):
+    return [msg.ContaminationEvent.from_json(p) for leaf, p in published if leaf == "events"]
+
+
+@pytest.mark.parametrize("radiation_cut", [False, True])
+def test_radiation_over_threshold_is_an_event_on_the_belt_and_cut_only_if_configured(lane_core, instrument,
+                                                                                     radiation_cut):
+    make, clock, published, plc = lane_core
+    core = make(radiation_threshold_usv_h=0.5, radiation_cut=radiation_cut)
+    rng = np.random.default_rng(1)
+    hot = lambda x: 2.0 if 30.0 <= x < 31.5 else 0.12  # noqa: E731
+    run_belt(core, clock, 30.0, instrument, rng, dose=hot)
+    closed = [e for e in events_of(published) if e.state == "closed"]
+    assert [e.likely_class for e in closed] == ["radiation"]
+    assert closed[0].start_m <= 31.5 and closed[0].end_m >= 30.0
+    assert core.health()["radiation_dose_usv_h"] == pytest.approx(0.12)
+    targeted = [leaf for leaf, _ in published if leaf == "samples/request"]
+    assert len(targeted) == (1 if radiation_cut else 0)
+
+
+@pytest.mark.parametrize("declared, actual, mismatch", [
+    ("hematite_lump_63", "hematite_lump_63", False),
+    ("hematite_lump_63", "goethite_fines_58", True),
+])
+def test_lot_whose_ore_is_not_its_declared_brand_raises_a_declaration_mismatch(lane_core, instrument, declared,
+                                                                              actual, mismatch):
+    make, clock, published, plc = lane_core
+    core = make(brand_min_spectra=600)
+    core.handle_lot(msg.Lot(LANE, "LOT-9", "MV Test", "V1", declared, 50000.0, "BR", "open", clock[0]))
+    run_belt(core, clock, 15.0, instrument, np.random.default_rng(2), brand=actual)
+    found = [e for e in events_of(published) if e.likely_class == "declaration_mismatch"]
+    assert len(found) == int(mismatch)
+    if mismatch:
+        assert found[0].lot_id == "LOT-9" and found[0].peak_score > 0.5
+
+
+def test_health_alarms_follow_saturation_lamp_drift_and_reference_age(lane_core, instrument):
+    make, clock, published, plc = lane_core
+    core = make(reference_max_age_s=60.0)
+    assert core.health()["robot_state"] in (-1, 0)
+    from dashboards.schema import HEALTH_FIELDS
+    assert set(HEALTH_FIELDS) <= set(core.health()), "the dashboards read health fields the edge publishes"
+    rng = np.random.default_rng(3)
+    run_belt(core, clock, 2.0, instrument, rng)
+    h = core.health()
+    assert h["spectra_snr"] > 50 and h["alarm_low_snr"] == 0 and h["alarm_saturation"] == 0
+    assert h["alarm_reference_stale"] == 0 and h["alarm_lamp_drift"] == 0
+
+    w = instrument.wavelengths_nm
+    saturated = lambda n: np.full((n, w.size), 65535, dtype=np.uint16)  # noqa: E731
+    run_belt(core, clock, 1.0, instrument, rng, counts_fn=saturated)
+    assert core.health()["alarm_saturation"] == 1
+
+    dim = instrument.dark_reference() + 0.8 * (instrument.white_reference() - instrument.dark_reference())
+    core.handle_reference(msg.Reference(LANE, "white", clock[0], 5.0, tuple(w), tuple(dim)))
+    h = core.health()
+    assert h["lamp_drift_fraction"] == pytest.approx(-0.20, abs=0.005) and h["alarm_lamp_drift"] == 1
+
+    clock[0] += 120.0
+    assert core.health()["alarm_reference_stale"] == 1
+
+
+@pytest.mark.parametrize("values, register", [
+    ({"speed_m_s": -1.0, "flow_t_h": 100.0}, "speed_m_s"),
+    ({"speed_m_s": 2.0, "flow_t_h": 50000.0}, "flow_t_h"),
+])
+def test_out_of_range_belt_scale_values_are_refused_naming_the_register(modbus_server, values, register):
+    bank = RegisterBank(BELT_SCALE.count)
+    for reg in BELT_SCALE.registers:  # raw words, bypassing the encoder's own checks
+        if reg.name in values:
+            import struct
+            hi, lo = struct.unpack(">HH", struct.pack(">f", values[reg.name]))
+            bank.input.values[reg.address:reg.address + 2] = [hi, lo]
+    server = modbus_server(bank)
+    reader = InstrumentReader(config.ModbusEndpoint("127.0.0.1", server.port), BELT_SCALE)
+    assert reader.read() is None
+    assert register in reader.last_error and reader.link_up
+    reader.close()
+
+
+def test_model_deployment_swaps_the_model_only_when_its_hash_matches(lane_core, instrument, tmp_path):
+    make, clock, published, plc = lane_core
+    core = make()
+    new_model = train_synthetic(instrument, np.random.default_rng(99), model_id="lane-3-v2")
+    path = new_model.save(tmp_path / "lane-3-v2.npz")
+    before = core.model.version
+
+    wrong = msg.ModelDeployment(LANE, "lane-3-v2", "2", "0" * 64, str(path), clock[0])
+    core.handle_message(core.topic("model/deploy"), wrong.to_json())
+    assert core.model.version == before
+    letters = [msg.DeadLetter.from_json(p) for leaf, p in published if leaf == "deadletter"]
+    assert letters and "sha256" in letters[-1].reason
+
+    right = msg.ModelDeployment(LANE, "lane-3-v2", "2", new_model.sha256(), str(path), clock[0])
+    core.handle_message(core.topic("model/deploy"), right.to_json())
+    assert core.model.version == new_model.version != before
+
+
+def test_spectra_before_the_references_are_held_and_judged_when_both_arrive(tmp_path, instrument, model):
+    doc = {"site": {"id": "s"}, "lane": [{"id": LANE, "belt_scale": {"host": "127.0.0.1", "port": 1},
+                                          "robot": {"host": "127.0.0.1", "port": 1}}]}
+    lane = config.parse(doc, "<test>", environ={}).lanes[0]
+    published: list[tuple[str, bytes]] = []
+    with SampleRegistry(tmp_path / "s.sqlite") as registry:
+        core = LaneCore("s", lane, model, registry, robot=None, publish=lambda leaf, p: published.append((leaf, p)),
+                        clock=lambda: 100.0)
+        core.on_belt_reading(100.0, {"speed_m_s": 3.0, "totalizer_t": 0.0, "flow_t_h": 4000.0})
+        w = instrument.wavelengths_nm
+        rng = np.random.default_rng(4)
+        batch = msg.SpectrumBatch(LANE, w.astype(np.float32), np.arange(10, dtype=np.uint64),
+                                  np.full(10, 100 * 10**9, np.int64), np.full(10, 5000, np.uint32),
+                                  instrument.counts(synth.ore_reflectance(w, 10, rng), rng))
+        core.handle_spectra("spectra/batch", batch)
+        assert core.counters.spectra_in == 0 and "deadletter" not in [leaf for leaf, _ in published]  # held
+        core.handle_reference(msg.Reference(LANE, "white", 100.0, 5.0, tuple(w), tuple(instrument.white_reference())))
+        assert core.counters.spectra_in == 0
+        core.handle_reference(msg.Reference(LANE, "dark", 100.0, 5.0, tuple(w), tuple(instrument.dark_reference())))
+        assert core.counters.spectra_classified == 10 and core.counters.spectra_rejected == 0
+        assert [leaf for leaf, _ in published if leaf != "belt"] == ["results/spectra"]
