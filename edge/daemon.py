@@ -43,7 +43,8 @@ class LaneDaemon:
             site.mqtt, client_id or f"orelane-edge-{site.site_id}-{lane.id}",
             subscriptions=[(self.core.topic(leaf), topics.qos(leaf)) for leaf in INPUT_LEAVES],
             will=Will(status_topic, msg.LaneStatus(lane.id, "offline", 0.0).to_json()),
-            birth=(status_topic, msg.LaneStatus(lane.id, "online", self.clock()).to_json()))
+            birth=(status_topic, msg.LaneStatus(lane.id, "online", self.clock()).to_json()),
+            manual_ack=True)
 
     @property
     def counters(self):
@@ -82,6 +83,9 @@ class LaneDaemon:
                 except queue.Empty:
                     continue
                 self._guarded(self.core.handle_message, message.topic, message.payload)
+                # Acknowledged once handled: a message still queued when the daemon stops (or dies) stays with
+                # the broker's persistent session and comes to the next run.
+                self.mqtt.ack(message)
         finally:
             self.mqtt.stop(final=(self.core.topic("status"), self.core.status_message("offline")))
             self.robot.close()

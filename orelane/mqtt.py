@@ -15,6 +15,7 @@ import socket
 import ssl
 import sys
 import threading
+import time
 from dataclasses import dataclass
 
 import paho.mqtt.client as mqtt
@@ -26,6 +27,7 @@ from orelane.config import MqttConfig
 log = logging.getLogger(__name__)
 
 SESSION_EXPIRY_S = 24 * 3600  # the broker keeps QoS 1 messages for a restarting daemon this long
+DRAIN_S = 15.0  # how long `stop` waits for unacknowledged publishes: a broker restart takes a few seconds
 
 
 class _ShutdownNoise(logging.Filter):
@@ -59,6 +61,11 @@ class MqttLink:
         self.last_error = ""  # why the latest connection attempt failed or was lost ("" once connected)
         self._refused = False  # the broker answered this attempt's CONNECT with a refusal
         self.publishes_refused = 0  # QoS 1 publishes the broker answered with a failure (MQTT 5), e.g. its ACL
+        # QoS>0 publishes the broker has not acknowledged yet: paho holds them in memory only, so `stop` waits
+        # for them. A PUBACK can beat `publish` returning; `_acked_first` keeps those mids until it does.
+        self._unacked_lock = threading.Lock()
+        self._unacked: set[int] = set()
+        self._acked_first: set[int] = set()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
                                   protocol=mqtt.MQTTv5 if protocol == 5 else mqtt.MQTTv311,
                                   clean_session=None if protocol == 5 else False, manual_ack=manual_ack)
@@ -101,7 +108,7 @@ class MqttLink:
         for topic_filter, qos in self.subscriptions:
             client.subscribe(topic_filter, qos)
         if self.birth is not None:
-            client.publish(self.birth[0], self.birth[1], qos=1, retain=True)
+            self.publish(self.birth[0], self.birth[1], qos=1, retain=True)
         self.connected.set()
         log.info("MQTT %s connected to %s:%s (session present: %s)", self.client_id, self.cfg.host, self.cfg.port,
                  flags.session_present)
@@ -133,6 +140,11 @@ class MqttLink:
         self.last_error = reason
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        with self._unacked_lock:
+            if mid in self._unacked:
+                self._unacked.discard(mid)
+            else:
+                self._acked_first.add(mid)
         # An access list drops a refused message; without this the publisher would never know.
         if reason_code.is_failure:
             self.publishes_refused += 1
@@ -160,15 +172,52 @@ class MqttLink:
         return self
 
     def publish(self, topic: str, payload: bytes, qos: int, retain: bool = False) -> mqtt.MQTTMessageInfo:
-        return self.client.publish(topic, payload, qos=qos, retain=retain)
+        """Queue a message; QoS>0 ones are kept (and resent after a reconnect) until the broker acknowledges them."""
+        info = self.client.publish(topic, payload, qos=qos, retain=retain)
+        if qos > 0:
+            if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:
+                log.error("MQTT %s: paho refused to queue a message for %s (%d messages already unacknowledged)",
+                          self.client_id, topic, self.unacked)
+                return info
+            # Never hold our lock while calling paho: its thread holds paho's lock when it calls _on_publish.
+            with self._unacked_lock:
+                if info.mid in self._acked_first:
+                    self._acked_first.discard(info.mid)
+                else:
+                    self._unacked.add(info.mid)
+        return info
+
+    @property
+    def unacked(self) -> int:
+        """QoS>0 messages published but not yet acknowledged by the broker (lost if the process dies now)."""
+        with self._unacked_lock:
+            return len(self._unacked)
+
+    def drain(self, timeout_s: float) -> int:
+        """Wait up to timeout_s (through a reconnection if need be) for every QoS>0 publish to be acknowledged;
+        return how many are still unacknowledged."""
+        deadline = time.monotonic() + timeout_s
+        while self.unacked and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return self.unacked
 
     def ack(self, message: mqtt.MQTTMessage) -> None:
         self.client.ack(message.mid, message.qos)
 
-    def stop(self, final: tuple[str, bytes] | None = None) -> None:
-        """Publish `final` (e.g. a clean 'offline' status) and disconnect without triggering the will."""
+    def stop(self, final: tuple[str, bytes] | None = None, drain_s: float = DRAIN_S) -> None:
+        """Deliver what is still unacknowledged (waiting up to drain_s, through a reconnection), publish `final`
+        (e.g. a clean 'offline' status) and disconnect without triggering the will."""
+        if self.unacked:
+            log.info("MQTT %s: stopping; waiting up to %g s for the broker to acknowledge %d messages",
+                     self.client_id, drain_s, self.unacked)
+            lost = self.drain(drain_s)
+            if lost:
+                log.error("MQTT %s: stopping with %d messages the broker %s:%s never acknowledged (%s); they are "
+                          "lost", self.client_id, lost, self.cfg.host, self.cfg.port,
+                          self.last_error or "connected, but no acknowledgement")
         if final is not None and self.connected.is_set():
-            self.client.publish(final[0], final[1], qos=1, retain=True).wait_for_publish(2)
+            self.publish(final[0], final[1], qos=1, retain=True)
+            self.drain(2.0)
         self.client.disconnect()
         self.client.loop_stop()
 

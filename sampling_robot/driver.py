@@ -207,6 +207,11 @@ class SamplerDriver:
         log.info("sampler PLC %s: last command_seq %d, accepted_seq %d", self.endpoint, self._last_seq,
                  status.accepted_seq)
 
+    def _held_seq(self) -> int:
+        client = self._ensure_connected()
+        held = SAMPLER_COMMAND.decode(self._read(client, 3, SAMPLER_COMMAND.start, SAMPLER_COMMAND.count))
+        return int(held["command_seq"])
+
     def _drop_connection(self) -> None:
         if self._client is not None:
             self._client.close()
@@ -344,7 +349,14 @@ class SamplerDriver:
                 if pending is not None:
                     log.warning("sampler PLC %s: seq %d (sample %d) was never answered; sending a new command",
                                 self.endpoint, pending[3], pending[1])
-                seq = next_seq(self._last_seq or 0)
+                # Another writer (an operator's RESET from a second driver) may have used the next seq since
+                # this driver last wrote: the PLC would skip our command as already evaluated and its
+                # accepted_seq would seem to confirm it. Continue after the seq the PLC holds now.
+                held = self._with_reconnect("read the command block", self._held_seq, retry_for_s)
+                if held != (self._last_seq or 0):
+                    log.info("sampler PLC %s: the command block holds seq %d (this driver last wrote %s): another "
+                             "writer sent a command; continuing after it", self.endpoint, held, self._last_seq)
+                seq = next_seq(held)
                 self._last_seq = seq
                 self._pending = (command, sample_id, kind_code, seq)
             outcome = self._with_reconnect(f"{what} (seq {seq})",

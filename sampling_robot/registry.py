@@ -401,6 +401,27 @@ class SampleRegistry(DurableSqlite):
                                     (sample_id,)).fetchall()
         return [_lab_result(r) for r in rows]
 
+    def history_after(self, after_id: int, statuses: tuple[str, ...], limit: int = 500) -> list[HistoryEntry]:
+        """History entries with id > after_id and one of `statuses`, oldest first (a feed's next page)."""
+        marks = ", ".join("?" for _ in statuses)
+        with self._lock:
+            rows = self._db.execute(f"SELECT * FROM history WHERE id > ? AND status IN ({marks}) ORDER BY id "
+                                    f"LIMIT ?", (after_id, *statuses, limit)).fetchall()
+        return [HistoryEntry(r["id"], r["sample_id"], r["status"], r["who"], r["at_s"], r["note"]) for r in rows]
+
+    def counter(self, name: str) -> int:
+        """A named counter (0 when never set), e.g. how far a feed has published the history."""
+        with self._lock:
+            row = self._db.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def set_counter(self, name: str, value: int) -> None:
+        if name == "sample_id":
+            raise ValueError("the sample_id counter is the registry's own: it only moves through next_sample_id")
+        with self._tx() as db:
+            db.execute("INSERT INTO counters (name, value) VALUES (?, ?) "
+                       "ON CONFLICT(name) DO UPDATE SET value = excluded.value", (name, value))
+
     def sample(self, sample_id: int) -> SampleRow:
         rows = self._select("s.sample_id = ?", (sample_id,))
         if not rows:

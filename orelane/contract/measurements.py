@@ -33,7 +33,7 @@ MEASUREMENTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "contamination_event": (("site", "lane", "class", "state"),
                             ("event_id", "start_m", "end_m", "peak_position_m", "tonnage_t", "peak_score",
                              "lot_id")),
-    "sample": (("site", "lane", "kind", "status"),
+    "sample": (("site", "lane", "kind", "status", "result_class"),
                ("sample_id", "belt_position_m", "tonnage_t", "event_id", "reason")),
     "lane_status": (("site", "lane"), ("online", "<health fields>")),
     "lot": (("site", "lane", "state"), ("lot_id", "vessel", "voyage", "declared_brand", "declared_tonnage_t",
@@ -127,7 +127,10 @@ def points_for(site: str, lane: str, leaf: str, payload: bytes) -> list[Point]:
         # sample_id is a field, so two samples reaching one status in the same microsecond would share a
         # series and a time: the sub-microsecond digits carry sample_id % 1000 to keep them apart (idempotent).
         when_ns = _s_to_ns(r.timestamp_s) // 1000 * 1000 + r.sample_id % 1000
-        return [Point("sample", {**base, "kind": r.sample_kind, "status": r.status}, fields, when_ns)]
+        tags = {**base, "kind": r.sample_kind, "status": r.status}
+        if r.result_class is not None:  # only on 'analysed' records (the lab's result)
+            tags["result_class"] = r.result_class
+        return [Point("sample", tags, fields, when_ns)]
     if leaf == "status":
         st = m.LaneStatus.from_json(payload)
         fields = {"online": 1 if st.state == "online" else 0}

@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import json
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -255,6 +256,7 @@ class ContaminationEvent(JsonMessage):
 
 
 SAMPLE_KINDS = ("targeted", "routine")
+RESULT_CLASS_RE = re.compile(r"[a-z0-9][a-z0-9 _-]{0,39}")
 SAMPLE_STATUSES = ("requested", "cut", "sealed", "collected", "received", "analysed", "archived",
                    "missed", "failed")
 
@@ -292,12 +294,20 @@ class SampleRecord(JsonMessage):
     belt_position_m: float | None = None
     tonnage_t: float | None = None
     event_id: str | None = None
+    result_class: str | None = None  # on 'analysed': "clean" or the contaminant the lab found (lower case)
 
     def validate(self) -> None:
         if self.status not in SAMPLE_STATUSES:
             raise ContractError(f"sample {self.sample_id}: status {self.status!r} not in {SAMPLE_STATUSES}")
         if self.sample_kind not in SAMPLE_KINDS:
             raise ContractError(f"sample {self.sample_id}: sample_kind {self.sample_kind!r} not in {SAMPLE_KINDS}")
+        if self.result_class is not None:
+            if self.status != "analysed":
+                raise ContractError(f"sample {self.sample_id}: result_class {self.result_class!r} on status "
+                                    f"{self.status!r}; only an 'analysed' record carries a lab result")
+            if not RESULT_CLASS_RE.fullmatch(self.result_class):
+                raise ContractError(f"sample {self.sample_id}: result_class {self.result_class!r} must be 1-40 "
+                                    f"lower-case letters, digits, spaces, '_' or '-'")
 
 
 @dataclass(frozen=True)

@@ -146,6 +146,22 @@ def test_new_driver_continues_after_the_seq_the_plc_holds(plc_server, plc, clock
     assert (outcome.accepted, outcome.command_seq) == (True, 4)
 
 
+def test_a_cut_after_an_operator_reset_from_another_driver_is_really_taken(plc_server, plc, clock):
+    """The operator's RESET used the seq the edge would have used next; the edge must not take the PLC's
+    accepted_seq for that RESET as the answer to its cut."""
+    with driver_for(plc_server) as edge:
+        edge.request_cut(1, "routine")
+        plc.inject_fault("jam", now=clock.advance(1.0))
+        with driver_for(plc_server) as operator:
+            assert operator.reset_fault().accepted
+        outcome = edge.request_cut(2, "targeted")
+        status = edge.status()
+    assert outcome.accepted and outcome.reason == "accepted"
+    assert outcome.command_seq == 3, "continues after the operator's seq 2"
+    assert (status.active_sample_id, status.state) == (2, "cutting")
+    assert plc.cuts_of(2) == 1
+
+
 @pytest.mark.parametrize("seq, following", [(0, 1), (1, 2), (65534, 65535), (65535, 1)])
 def test_command_seq_wraps_to_1_skipping_0(seq, following):
     assert next_seq(seq) == following

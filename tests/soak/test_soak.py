@@ -153,36 +153,46 @@ def test_whole_system_soak_with_faults_closes_its_accounting(durable_mosquitto, 
     def at(real_s: float) -> None:
         time.sleep(max(0.0, started + real_s - time.monotonic()))
 
-    try:
-        for n, fraction in enumerate((0.08, 0.3, 0.52, 0.75, 0.92)):
-            at(run_real_s * fraction)
-            publish_garbage(broker.port, n)
-        at(run_real_s * 0.12)
+    def restart_broker() -> None:
         broker.restart()
         faults.append("broker restarted")
-        at(run_real_s * 0.22)
-        vm.stop()
-        at(run_real_s * 0.32)
+
+    def restart_database_later() -> None:
         vm.start()
         faults.append("database stopped for 10% of the run")
-        at(run_real_s * 0.40)
-        plc.inject_fault("jam")
-        at(run_real_s * 0.45)
+
+    def reset_robot() -> None:
         with SamplerDriver("127.0.0.1", plc_server.port) as operator:
             operator.reset_fault()
         faults.append("robot jammed and reset")
-        at(run_real_s * 0.55)
+
+    def restart_edge() -> None:
+        nonlocal edge, edge_stop, edge_thread, closed_events
         edge_stop.set()
-        edge_thread.join(15)
+        edge_thread.join(30)
+        assert not edge_thread.is_alive(), "the edge daemon did not stop within 30 s"
         closed_events += edge.closed_events
         edge, edge_stop, edge_thread = start_edge()
         faults.append("edge daemon restarted")
-        at(run_real_s * 0.65)
+
+    def restart_ingest() -> None:
+        nonlocal ingest
         ingest.send_signal(signal.SIGKILL)
         ingest.wait(10)
         time.sleep(1.0)
         ingest = spawn_ingest(site_path, tmp_path)
         faults.append("ingest SIGKILLed and restarted")
+
+    # (fraction of the run, fault), taken in time order; garbage at five moments in between
+    schedule = [(0.12, restart_broker), (0.22, vm.stop), (0.32, restart_database_later),
+                (0.40, lambda: plc.inject_fault("jam")), (0.45, reset_robot), (0.55, restart_edge),
+                (0.65, restart_ingest)]
+    schedule += [(fraction, lambda n=n: publish_garbage(broker.port, n))
+                 for n, fraction in enumerate((0.08, 0.3, 0.52, 0.75, 0.92))]
+    try:
+        for fraction, fault in sorted(schedule, key=lambda item: item[0]):
+            at(run_real_s * fraction)
+            fault()
         at(run_real_s)
     finally:
         lane_sim.stop()
