@@ -299,7 +299,8 @@ def samples() -> dash_b.Dashboard:
         bars("Lab results by contaminant class", "short",
              InfluxQL('SELECT count("sample_id") FROM "sample" ' + lane_where('"status" = \'analysed\'')
                       + ' GROUP BY "result_class"').alias("$tag_result_class"),
-             span=8, description="needs the lab result class on analysed sample records (docs/dashboards.md)"),
+             span=8, description="analysed samples by the class the lab found: clean, or the contaminant type "
+                                 "(the lab desk publishes it)"),
         table("Time from cut to lab receipt and to result",
               InfluxQL('SELECT "sample_id", "status" FROM "sample" '
                        + lane_where('"status" =~ /^(cut|received|analysed)$/')),

@@ -6,6 +6,11 @@ talks to any other address. Dropped links are retried in one place
 its `command_seq` until the PLC has answered it, so retrying after a lost link
 (whether the write or its acknowledgement was lost) repeats the same seq and
 the PLC, which evaluates each seq once, never cuts twice.
+
+The PLC has one command block, so the edge daemon should be its only writer
+(operators reset faults at the PLC's panel). A new command continues after
+the seq the PLC holds, so a command written by someone else in between is
+not mistaken for this driver's; two writers at the same instant still race.
 """
 
 from __future__ import annotations

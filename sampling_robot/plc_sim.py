@@ -212,14 +212,7 @@ class SamplerPlcSimulator:
             if self._fault == "carousel full":
                 self._answer(seq, "faulted", "carousel full: empty the carousel")
             else:
-                if self._fault != "none":
-                    log.info("sampler PLC: fault %s reset", self._fault)
-                    self._fault = "none"
-                    self._interrupted_sample_id = 0
-                    if self._state == "faulted":
-                        self._state = "idle"
-                    if self._carousel_used >= self.carousel_capacity:
-                        self._set_fault("carousel full")
+                self._clear_fault()
                 self._accepted_seq = seq
                 self._answer(seq, "accepted", "reset")
         elif command == COMMAND_NONE:
@@ -261,6 +254,26 @@ class SamplerPlcSimulator:
             self._edge_heartbeat_changed_s = self._now
             self._watchdog_expired = False
             log.warning("sampler PLC: power loss; accepted_seq %d retained", self._accepted_seq)
+            self._publish()
+
+    def _clear_fault(self) -> None:
+        if self._fault == "none":
+            return
+        log.info("sampler PLC: fault %s reset", self._fault)
+        self._fault = "none"
+        self._interrupted_sample_id = 0
+        if self._state == "faulted":
+            self._state = "idle"
+        if self._carousel_used >= self.carousel_capacity:
+            self._set_fault("carousel full")
+
+    def reset_at_panel(self, now: float | None = None) -> None:
+        """An operator presses RESET on the PLC's own panel: like the RESET command, but leaves the command
+        block and accepted_seq alone (the edge stays the only writer of commands)."""
+        with self.bank.lock:
+            self.tick(self.clock() if now is None else now)
+            if self._fault != "carousel full":
+                self._clear_fault()
             self._publish()
 
     def empty_carousel(self, now: float | None = None) -> None:

@@ -174,9 +174,26 @@ def main(argv: list[str] | None = None, *, stop: threading.Event | None = None) 
         stop = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
+    feed_thread, link = None, None
+    if args.config:
+        from orelane.config import load
+        from orelane.mqtt import MqttLink
+        from sampling_robot.labdesk.feed import RecordFeed
+        site = load(args.config)
+        link = MqttLink(site.mqtt, f"orelane-labdesk-{site.site_id}").start()
+        feed_thread = threading.Thread(target=RecordFeed(registry, link, site.site_id).run, args=(stop,),
+                                       name="labdesk-feed", daemon=True)
+        feed_thread.start()
+        print(f"publishing the desk's sample records to MQTT {site.mqtt.host}:{site.mqtt.port}", flush=True)
+    else:
+        print("sample records stay in the registry: start the desk with --config SITE.toml to publish them to "
+              "MQTT for the dashboards", file=sys.stderr)
     with serve(app, args.host, args.port) as server:
         print(f"lab desk on {server.url} (registry {registry_path}, users {users_path})", flush=True)
         stop.wait()
+    if feed_thread is not None:
+        feed_thread.join(30)
+        link.stop()
     users.close()
     registry.close()
     return 0

@@ -56,7 +56,7 @@ class LaneSpec:
 
 LANES = (
     LaneSpec("port-north", "lane-1", 3000.0, v2_from_s=T0_S + 900, fault_from_s=NOW_S - 90, radiation=True,
-             events=((T0_S + 600, T0_S + 604, "wood", "L-001"), (NOW_S - 120, NOW_S - 116, "plastic", "L-001")),
+             events=((T0_S + 200, T0_S + 204, "wood", "L-001"), (NOW_S - 120, NOW_S - 116, "plastic", "L-001")),
              lot=("L-001", T0_S + 60)),
     LaneSpec("port-north", "lane-2", 2500.0, dies_at_s=NOW_S - 300,
              events=((T0_S + 300, T0_S + 304, "steel", "L-002"),), lot=("L-002", T0_S + 30), missed_targeted=1),
@@ -80,6 +80,7 @@ class Truth:
     lots: dict = field(default_factory=dict)  # lot id -> (site, lane)
     status_records: Counter = field(default_factory=Counter)  # (site, lane, kind, status) -> records
     sample_times: dict = field(default_factory=dict)  # (site, lane, sample_id) -> {status: time s}
+    result_classes: Counter = field(default_factory=Counter)  # lab result class -> analysed records
     spectra: Counter = field(default_factory=Counter)  # (site, lane, version) -> spectra
     outside: Counter = field(default_factory=Counter)  # (site, lane, version) -> spectra with score > 1
     decisions: Counter = field(default_factory=Counter)  # (version, decision) -> spectra
@@ -195,6 +196,8 @@ def _lane(spec: LaneSpec, truth: Truth) -> list[Point]:
              ("analysed", 1200.0))
     requests = [("routine", T0_S + 30 + i * ROUTINE_EVERY_S, None) for i in range(int(DURATION_S // 60))]
     requests += [("targeted", ev[1] + 5, f"{spec.lane}-ev{k + 1}") for k, ev in enumerate(spec.events)]
+    # the lab finds what the event flagged in targeted samples; routine samples are clean
+    found = {f"{spec.lane}-ev{k + 1}": ev[2] for k, ev in enumerate(spec.events)}
     sample_id = 100 if spec.lane == "lane-1" and spec.site == "port-north" else \
         (300 if spec.site == "port-north" else 500)
     missed_left = spec.missed_targeted
@@ -213,10 +216,13 @@ def _lane(spec: LaneSpec, truth: Truth) -> list[Point]:
             at = requested_s + delay_s
             if at > min(NOW_S, end_s):
                 break
+            result_class = found.get(event_id, "clean") if status == "analysed" else None
             points += _points(spec, "samples/record", m.SampleRecord(
                 sample_id, spec.lane, kind, status, at, reason="" if status != "missed" else "robot busy",
-                belt_position_m=3000.0, tonnage_t=12.0, event_id=event_id))
+                belt_position_m=3000.0, tonnage_t=12.0, event_id=event_id, result_class=result_class))
             truth.status_records[key + (kind, status)] += 1
+            if result_class:
+                truth.result_classes[result_class] += 1
             truth.sample_times[skey][status] = at
 
     # refused spectra (dead letters from the edge) on the first lane

@@ -110,6 +110,15 @@ def test_machine_fault_aborts_the_cycle_and_refuses_cuts_until_reset(sim, fault)
     assert cut(sim, 4, 43, T0 + 13) == "accepted"
 
 
+def test_reset_at_the_panel_clears_a_jam_and_leaves_the_command_block_alone(sim):
+    cut(sim, 1, 42, T0)
+    sim.inject_fault("jam", now=T0 + 10)
+    sim.reset_at_panel(now=T0 + 11)
+    status = sim.status()
+    assert (status.state, status.fault, status.active_sample_id, status.accepted_seq) == ("idle", "none", 0, 1)
+    assert cut(sim, 2, 43, T0 + 12) == "accepted", "the edge's next seq is still free"
+
+
 def test_unknown_fault_cannot_be_injected(sim):
     with pytest.raises(ValueError, match="'flood'.*jam"):
         sim.inject_fault("flood")

@@ -28,7 +28,6 @@ from edge.daemon import LaneDaemon
 from edge.simulated_lane import LaneWorld, Patch, SimulatedLane
 from orelane import config
 from orelane.contract import topics
-from sampling_robot.driver import SamplerDriver
 from sampling_robot.plc_sim import SamplerPlcSimulator
 from sampling_robot.registry import SampleRegistry
 from spectral.model import train_synthetic
@@ -162,8 +161,8 @@ def test_whole_system_soak_with_faults_closes_its_accounting(durable_mosquitto, 
         faults.append("database stopped for 10% of the run")
 
     def reset_robot() -> None:
-        with SamplerDriver("127.0.0.1", plc_server.port) as operator:
-            operator.reset_fault()
+        # at the PLC's panel: a second Modbus writer of the command block would race the edge's commands
+        plc.reset_at_panel()
         faults.append("robot jammed and reset")
 
     def restart_edge() -> None:
