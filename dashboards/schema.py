@@ -10,7 +10,7 @@ state). A panel over a field not yet published shows "No data", nothing worse.
 
 from __future__ import annotations
 
-from orelane.contract.measurements import MEASUREMENTS
+from orelane.contract.measurements import MEASUREMENTS, OPTIONAL_TAGS
 
 # Published by edge.daemon.LaneDaemon.health() today.
 HEALTH_FIELDS_PUBLISHED = ("reference_age_s", "belt_link_up", "robot_link_up", "spectra_in", "spectra_classified",
@@ -28,9 +28,6 @@ INGEST_HEALTH_TAGS = ("site", "worker")
 INGEST_HEALTH_FIELDS = ("messages_in", "points_written", "batches_buffered", "buffer_bytes", "replay_lag_s",
                         "write_errors")
 
-# Lab result class on analysed sample records: not in the contract yet (see docs/dashboards.md).
-SAMPLE_RESULT_CLASS_TAG = "result_class"
-
 
 def fields_of(measurement: str) -> tuple[str, ...]:
     """Every field a query may read from a measurement."""
@@ -44,5 +41,4 @@ def fields_of(measurement: str) -> tuple[str, ...]:
 def tags_of(measurement: str) -> tuple[str, ...]:
     if measurement == INGEST_HEALTH:
         return INGEST_HEALTH_TAGS
-    tags = MEASUREMENTS[measurement][0]
-    return tags + ((SAMPLE_RESULT_CLASS_TAG,) if measurement == "sample" else ())
+    return MEASUREMENTS[measurement][0] + OPTIONAL_TAGS.get(measurement, ())

@@ -33,7 +33,7 @@ MEASUREMENTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "contamination_event": (("site", "lane", "class", "state"),
                             ("event_id", "start_m", "end_m", "peak_position_m", "tonnage_t", "peak_score",
                              "lot_id")),
-    "sample": (("site", "lane", "kind", "status", "result_class"),
+    "sample": (("site", "lane", "kind", "status"),
                ("sample_id", "belt_position_m", "tonnage_t", "event_id", "reason")),
     "lane_status": (("site", "lane"), ("online", "<health fields>")),
     "lot": (("site", "lane", "state"), ("lot_id", "vessel", "voyage", "declared_brand", "declared_tonnage_t",
@@ -48,6 +48,9 @@ MEASUREMENTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 }
 
 # Topics ingest subscribes to; raw spectra and frames stay on the broker.
+# Tags only some points of a measurement carry: a sample point has result_class once the lab analysed it.
+OPTIONAL_TAGS: dict[str, tuple[str, ...]] = {"sample": ("result_class",)}
+
 INGESTED_LEAVES = ("results/spectra", "results/frames", "belt", "events", "samples/record", "status", "lot",
                    "model/deploy", "deadletter")
 

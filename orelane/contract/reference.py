@@ -28,8 +28,8 @@ def register_table(regmap: registers.RegisterMap) -> str:
 
 def measurement_table() -> str:
     rows = ["| measurement | tags | fields |", "|---|---|---|"]
-    rows += [f"| `{name}` | {', '.join(tags)} | {', '.join(fields)} |"
-             for name, (tags, fields) in measurements.MEASUREMENTS.items()]
+    rows += [f"| `{name}` | {', '.join(tags + tuple(t + '?' for t in measurements.OPTIONAL_TAGS.get(name, ())))} "
+             f"| {', '.join(fields)} |" for name, (tags, fields) in measurements.MEASUREMENTS.items()]
     return "\n".join(rows)
 
 

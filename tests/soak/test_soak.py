@@ -91,7 +91,7 @@ def spawn_ingest(config_path: Path, tmp_path: Path) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     log = open(tmp_path / "ingest.log", "ab")
     return subprocess.Popen([sys.executable, "-m", "ingest", "run", "--config", str(config_path), "--client-id",
-                             "soak-ingest", "--buffer-dir", str(tmp_path / "buffer")], cwd=REPO, env=env,
+                             "soak-ingest", "--buffer-dir", str(tmp_path / "buffer"), "--verbose"], cwd=REPO, env=env,
                             stdout=log, stderr=log)
 
 
@@ -141,6 +141,13 @@ def test_whole_system_soak_with_faults_closes_its_accounting(durable_mosquitto, 
         return daemon, stop, thread
 
     ingest = spawn_ingest(site_path, tmp_path)
+    # The first run of ingest has no session on the broker yet: results published before it subscribes are
+    # not queued for it. Start the lane once it is connected (it subscribes before it says so).
+    deadline = time.monotonic() + 60
+    while b"connected to" not in (tmp_path / "ingest.log").read_bytes():
+        assert ingest.poll() is None and time.monotonic() < deadline, \
+            "ingest did not connect: " + (tmp_path / "ingest.log").read_text(errors="replace")[-2000:]
+        time.sleep(0.1)
     lane_sim.start_belt_scale()
     edge, edge_stop, edge_thread = start_edge()
     assert edge.mqtt.connected.wait(10)
