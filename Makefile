@@ -22,7 +22,7 @@ bench: $(STAMP)
 	$(VENV)/bin/python bench/ingest.py
 	$(VENV)/bin/python bench/edge.py
 	$(VENV)/bin/python bench/vision.py
-	$(VENV)/bin/python bench/spectral_inference.py
+	$(VENV)/bin/python bench/spectral.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

@@ -237,6 +237,12 @@ class ClassResiduals:
         proj = centred_projection.reshape(len(q), n_classes, self.per_class)
         return q[:, None] - np.sum(proj ** 2, axis=2)
 
+    def class_q_at(self, q: np.ndarray, centred_projection: np.ndarray, classes: np.ndarray) -> np.ndarray:
+        """class_q of one class per spectrum (classes: an index per row), without computing the others."""
+        cols = classes[:, None] * self.per_class + np.arange(self.per_class)
+        proj = np.take_along_axis(centred_projection, cols, axis=1)
+        return q - np.square(proj) @ np.ones(self.per_class)
+
 
 def fit_class_residuals(monitor: PCAMonitor, features: np.ndarray, labels: np.ndarray, classes: tuple[str, ...],
                         per_class: int = 2, quantile: float = 0.999) -> ClassResiduals:

@@ -214,17 +214,17 @@ class LaneModel:
                        x @ h.brand_coef + h.brand_offset, degenerate)
 
     def _judge(self, out: Outputs, flags: np.ndarray, margins: bool = False) -> tuple[Scores, np.ndarray]:
+        # Row sums and maxima over the few classes are matrix products and argmax picks: numpy's reductions
+        # along a short axis cost several times more than the matrix product that made the numbers.
         mon = self.monitor
-        t2 = np.sum(out.scores ** 2 / mon.variances, axis=1)
+        t2 = np.square(out.scores) @ (1.0 / mon.variances)
         q = out.q
         anomaly = mon.anomaly_score(t2, q)
-        class_scores = softmax(out.logits)
-        best = class_scores.argmax(axis=1)
+        class_scores, best = _softmax_and_best(out.logits)
         rows = np.arange(len(best))
         best_score = class_scores[rows, best]
         if self.residuals is not None and self.residuals.limits.size:
-            class_q = self.residuals.class_q(q, out.residual_proj)
-            explain_ratio = class_q[rows, best] / self.residuals.limits[best]
+            explain_ratio = self.residuals.class_q_at(q, out.residual_proj, best) / self.residuals.limits[best]
         else:
             explain_ratio = np.zeros(len(best))
         anomalous = anomaly > 1.0
@@ -233,7 +233,7 @@ class LaneModel:
         decision = np.where(anomalous, np.where(named, DECISION_CONTAMINANT, DECISION_UNKNOWN), DECISION_CLEAN)
         decision[bad] = DECISION_UNKNOWN
         class_index = np.where(named & ~bad, best, NO_CLASS).astype(np.uint8)
-        brand_scores = softmax(out.brand_logits) if out.brand_logits.shape[1] else out.brand_logits
+        brand_scores = _softmax_and_best(out.brand_logits)[0] if out.brand_logits.shape[1] else out.brand_logits
         nan = np.float32(np.nan)
         result = Scores(np.where(bad, nan, anomaly).astype(np.float32), np.where(bad, nan, t2).astype(np.float32),
                         np.where(bad, nan, q).astype(np.float32),
@@ -242,15 +242,17 @@ class LaneModel:
                         np.where(bad[:, None], 0, brand_scores).astype(np.float32))
         near = np.zeros(len(best), dtype=bool)
         if margins:
-            if class_scores.shape[1] > 1:
-                others = class_scores.copy()
-                others[rows, best] = -np.inf
-                second = others.max(axis=1)
-            else:
-                second = np.zeros(len(best))
             near = np.abs(anomaly - 1.0) < GUARD_BAND
-            near |= anomalous & ((np.abs(best_score - self.min_class_score) < GUARD_BAND)
-                                 | (best_score - second < GUARD_BAND) | (np.abs(explain_ratio - 1.0) < GUARD_BAND))
+            flagged = np.flatnonzero(anomalous)  # the class margins matter only where the ore is anomalous
+            if flagged.size:
+                second = np.zeros(flagged.size)
+                if class_scores.shape[1] > 1:
+                    others = class_scores[flagged]
+                    others[np.arange(flagged.size), best[flagged]] = -np.inf
+                    second = others.max(axis=1)
+                b = best_score[flagged]
+                near[flagged] |= ((np.abs(b - self.min_class_score) < GUARD_BAND) | (b - second < GUARD_BAND)
+                                  | (np.abs(explain_ratio[flagged] - 1.0) < GUARD_BAND))
             near &= ~bad
         return result, near
 
@@ -580,3 +582,10 @@ def train_synthetic(instrument, rng: np.random.Generator, n_clean: int = 1500, n
         brands += [""] * n_per_class
     return fit_lane_model(np.vstack(refl), np.array(labels), w, brands=np.array(brands), model_id=model_id,
                           metadata={"source": "spectral.synth (simulated)"})
+
+
+def _softmax_and_best(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row softmax and each row's best column; the best logit doubles as the overflow guard."""
+    best = logits.argmax(axis=1)
+    e = np.exp(logits - logits[np.arange(len(best)), best][:, None])
+    return e / (e @ np.ones(logits.shape[1]))[:, None], best
