@@ -60,6 +60,12 @@ class Segment:
         """Fused contamination score: evidence from either sensor raises it (noisy-OR)."""
         return 1.0 - (1.0 - self.nir_score) * (1.0 - self.camera_evidence)
 
+    @property
+    def likely_class(self) -> str:
+        """The most voted named class on the segment ("" when none); 'unknown' votes name nothing."""
+        named = [(n, c) for c, n in self.class_votes.items() if c != "unknown"]
+        return max(named)[1] if named else ""
+
 
 class SegmentFuser:
     """Collects evidence by segment index and hands over segments the sensors have left behind."""

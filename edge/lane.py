@@ -222,10 +222,12 @@ class LaneCore:
             self._brand_votes += np.bincount(scores.brand_scores[clean].argmax(axis=1),
                                              minlength=self._brand_votes.size)
             self._check_brand(float(positions[-1]))
-        results = msg.SpectrumResults(self.lane.id, self.model.version, self.model.class_names,
-                                      batch.seq[keep], batch.timestamp_ns[keep], positions, scores.anomaly_score,
-                                      scores.t2, scores.q, scores.class_index, scores.decision, scores.class_scores)
-        self._publish("results/spectra", results.to_bytes())
+        if self.lane.results == "spectra":  # else the settled segments carry the results (step)
+            results = msg.SpectrumResults(self.lane.id, self.model.version, self.model.class_names,
+                                          batch.seq[keep], batch.timestamp_ns[keep], positions, scores.anomaly_score,
+                                          scores.t2, scores.q, scores.class_index, scores.decision,
+                                          scores.class_scores)
+            self._publish("results/spectra", results.to_bytes())
 
     def _refuse_unscorable(self, topic_name: str, keep: np.ndarray, scores, seqs: np.ndarray,
                            times_ns: np.ndarray):
@@ -385,6 +387,12 @@ class LaneCore:
         if self.radiation_alarm:
             self.fuser.add_radiation_alarm(position)
         for segment in self.fuser.settled(position):
+            if self.lane.results == "segments":
+                self._publish("results/segments", msg.SegmentResult(
+                    self.lane.id, self.model.version, now_s, segment.start_m, segment.end_m, segment.n_spectra,
+                    segment.n_flagged, segment.nir_score, segment.camera_evidence, segment.score,
+                    segment.likely_class, segment.seq_first, segment.seq_last, len(segment.camera_scores),
+                    segment.tonnage_t).to_json())
             for update in self.events.feed(segment):
                 self._on_event(update, position, latest.speed_m_s)
         for _ in range(self.routine.due(latest.totalizer_t)):

@@ -96,6 +96,10 @@ class LaneConfig:
     snr_min: float = 50.0  # health alarm: median signal-to-noise of the spectra
     lamp_drift_max_fraction: float = 0.05  # health alarm: white reference changed this much since the first one
     camera_fps_min: float = 2.0  # health alarm: camera frame rate below this (when frames have been seen)
+    results: str = "spectra"  # "spectra": a result per spectrum; "segments": one aggregate per belt segment
+
+
+RESULT_MODES = ("spectra", "segments")
 
 
 @dataclass(frozen=True)
@@ -227,7 +231,11 @@ def _lane(t: _Table) -> LaneConfig:
         snr_min=t.get("snr_min", float, 50.0, low=0),
         lamp_drift_max_fraction=t.get("lamp_drift_max_fraction", float, 0.05, low=0, low_open=True, high=1.0),
         camera_fps_min=t.get("camera_fps_min", float, 2.0, low=0),
+        results=t.get("results", str, "spectra"),
     )
+    if lane.results not in RESULT_MODES:
+        raise ConfigError(f"{t.source}: {t.where}.results = {lane.results!r}: must be one of {', '.join(RESULT_MODES)} "
+                          f"(a result per spectrum, or one aggregate per belt segment)")
     if lane.event_close_score >= lane.event_open_score:
         raise ConfigError(f"{t.source}: {t.where}.event_close_score = {lane.event_close_score}: must be below "
                           f"event_open_score ({lane.event_open_score}) for hysteresis")

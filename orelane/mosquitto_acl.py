@@ -32,7 +32,7 @@ from orelane.contract import topics
 # device's future leaves (a second camera stream) inside its own lane.
 DEVICE_WRITES = ("spectra/#", "camera/#")
 EDGE_READS = ("spectra/#", "camera/#", "lot", "model/deploy")
-EDGE_WRITES = ("results/spectra", "results/frames", "belt", "events", "samples/request", "samples/record",
+EDGE_WRITES = ("results/spectra", "results/frames", "results/segments", "belt", "events", "samples/request", "samples/record",
                "status", "deadletter")
 OPERATOR_READS = ("lot", "status")
 OPERATOR_WRITES = ("lot",)

@@ -29,6 +29,9 @@ MEASUREMENTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
                         ("seq", "belt_position_m", "anomaly_score", "t2", "q", "class_score")),
     "spectrum_rejected": (("site", "lane", "topic_leaf"), ("seq", "reason")),
     "frame_result": (("site", "lane"), ("seq", "belt_position_m", "objects", "max_score")),
+    "segment_result": (("site", "lane", "model_version", "class"),
+                       ("start_m", "end_m", "n_spectra", "n_flagged", "nir_score", "camera_score", "score",
+                        "seq_first", "seq_last", "frames", "tonnage_t")),
     "belt": (("site", "lane"), ("belt_position_m", "speed_m_s", "flow_t_h", "totalizer_t")),
     "contamination_event": (("site", "lane", "class", "state"),
                             ("event_id", "start_m", "end_m", "peak_position_m", "tonnage_t", "peak_score",
@@ -51,8 +54,8 @@ MEASUREMENTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 # Tags only some points of a measurement carry: a sample point has result_class once the lab analysed it.
 OPTIONAL_TAGS: dict[str, tuple[str, ...]] = {"sample": ("result_class",)}
 
-INGESTED_LEAVES = ("results/spectra", "results/frames", "belt", "events", "samples/record", "status", "lot",
-                   "model/deploy", "deadletter")
+INGESTED_LEAVES = ("results/spectra", "results/frames", "results/segments", "belt", "events", "samples/record",
+                   "status", "lot", "model/deploy", "deadletter")
 
 
 # Timestamps a point may carry: 1970 to 2262 (the int64 nanosecond range InfluxDB stores).
@@ -108,6 +111,11 @@ def points_for(site: str, lane: str, leaf: str, payload: bytes) -> list[Point]:
         return [Point("frame_result", base, {"seq": fr.seq, "belt_position_m": fr.belt_position_m,
                                               "objects": len(fr.objects), "max_score": fr.max_score},
                       _s_to_ns(fr.timestamp_s))]
+    if leaf == "results/segments":
+        sr = m.SegmentResult.from_json(payload)
+        fields = {name: getattr(sr, name) for name in MEASUREMENTS["segment_result"][1]}
+        tags = {**base, "model_version": sr.model_version, "class": sr.likely_class or "none"}
+        return [Point("segment_result", tags, fields, _s_to_ns(sr.timestamp_s))]
     if leaf == "belt":
         b = m.BeltState.from_json(payload)
         return [Point("belt", base, {"belt_position_m": b.belt_position_m, "speed_m_s": b.speed_m_s,

@@ -217,6 +217,39 @@ class FrameResult(JsonMessage):
 
 
 @dataclass(frozen=True)
+class SegmentResult(JsonMessage):
+    """One settled belt segment's fused evidence: what a lane set to `results = "segments"` publishes
+    instead of a result per spectrum (one message per segment of segment_length_m)."""
+
+    KIND: typing.ClassVar[str] = "segment_result"
+    lane: str
+    model_version: str
+    timestamp_s: float  # when the segment settled (passed the sensors and the settle distance)
+    start_m: float
+    end_m: float
+    n_spectra: int
+    n_flagged: int  # spectra the model judged contaminant or unknown
+    nir_score: float  # 0-1, from the share of flagged spectra
+    camera_score: float  # 0-1, from the camera objects on the segment
+    score: float  # 0-1, the fused contamination score events open and close on
+    likely_class: str  # most voted named class among the flagged spectra, "" when none
+    seq_first: int = -1  # spectra sequence range on the segment (-1: none)
+    seq_last: int = -1
+    frames: int = 0  # camera frames with an object on the segment
+    tonnage_t: float = 0.0  # belt totalizer when the segment passed
+
+    def validate(self) -> None:
+        if not self.end_m > self.start_m:
+            raise ContractError(f"segment [{self.start_m}, {self.end_m}): end_m must be above start_m")
+        if not 0 <= self.n_flagged <= self.n_spectra:
+            raise ContractError(f"segment at {self.start_m} m: n_flagged {self.n_flagged} must be 0..n_spectra "
+                                f"({self.n_spectra})")
+        for name in ("nir_score", "camera_score", "score"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ContractError(f"segment at {self.start_m} m: {name} {getattr(self, name)} outside 0..1")
+
+
+@dataclass(frozen=True)
 class BeltState(JsonMessage):
     KIND: typing.ClassVar[str] = "belt_state"
     lane: str
@@ -569,5 +602,5 @@ def _require_columns(c: columnar.Columnar, schema: dict[str, tuple[str, ...]]) -
 
 
 JSON_MESSAGES: dict[str, type[JsonMessage]] = {
-    cls.KIND: cls for cls in (Spectrum, Reference, FrameResult, BeltState, ContaminationEvent, SampleRequest,
-                              SampleRecord, Lot, ModelDeployment, LaneStatus, DeadLetter)}
+    cls.KIND: cls for cls in (Spectrum, Reference, FrameResult, SegmentResult, BeltState, ContaminationEvent,
+                              SampleRequest, SampleRecord, Lot, ModelDeployment, LaneStatus, DeadLetter)}

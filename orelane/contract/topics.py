@@ -32,6 +32,8 @@ TOPICS: dict[str, TopicSpec] = {
         TopicSpec("camera/frame", 1, False, "camera_frame (binary)", "camera"),
         TopicSpec("results/spectra", 1, False, "spectrum_results (binary)", "edge"),
         TopicSpec("results/frames", 1, False, "frame_result (JSON)", "edge"),
+        TopicSpec("results/segments", 1, False, "segment_result (JSON), lanes set to results = \"segments\"",
+                  "edge"),
         TopicSpec("belt", 0, False, "belt_state (JSON)", "edge"),
         TopicSpec("events", 1, False, "contamination_event (JSON)", "edge"),
         TopicSpec("samples/request", 1, False, "sample_request (JSON)", "edge"),

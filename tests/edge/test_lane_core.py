@@ -204,3 +204,33 @@ def test_spectra_before_the_references_are_held_and_judged_when_both_arrive(tmp_
         core.handle_reference(msg.Reference(LANE, "dark", 100.0, 5.0, tuple(w), tuple(instrument.dark_reference())))
         assert core.counters.spectra_classified == 10 and core.counters.spectra_rejected == 0
         assert [leaf for leaf, _ in published if leaf != "belt"] == ["results/spectra"]
+
+
+def test_a_lane_set_to_segments_publishes_one_aggregate_per_settled_segment_instead_of_spectra(lane_core,
+                                                                                              instrument):
+    make, clock, published, plc = lane_core
+    core = make(results="segments", segment_length_m=0.5)
+    rng = np.random.default_rng(5)
+    w = instrument.wavelengths_nm
+
+    def plastic_between_10_and_13_s(n):
+        since = clock[0] - 1_000.0
+        refl = (synth.mixed_reflectance("plastic", 0.6, w, n, rng) if 10.0 <= since < 13.0
+                else synth.ore_reflectance(w, n, rng))
+        return instrument.counts(refl, rng)
+
+    run_belt(core, clock, 25.0, instrument, rng, counts_fn=plastic_between_10_and_13_s)
+    assert not [leaf for leaf, _ in published if leaf == "results/spectra"]
+    segments = [msg.SegmentResult.from_json(p) for leaf, p in published if leaf == "results/segments"]
+    assert segments and all(s.end_m - s.start_m == pytest.approx(0.5) for s in segments)
+    starts = [s.start_m for s in segments]
+    assert starts == sorted(starts) and len(set(starts)) == len(starts), "each segment once, in belt order"
+    # every classified spectrum is on exactly one segment, until the last stretch that has not settled yet
+    on_segments = sum(s.n_spectra for s in segments)
+    assert 0 < core.counters.spectra_classified - on_segments <= 5 * 10 * 2  # < 2 s of spectra still open
+    seqs = sorted((s.seq_first, s.seq_last) for s in segments if s.n_spectra)
+    assert all(a[1] < b[0] for a, b in zip(seqs, seqs[1:])), "seq ranges do not overlap"
+    hot = [s for s in segments if s.score > 0.5]
+    assert hot and {s.likely_class for s in hot} == {"plastic"}
+    assert min(s.start_m for s in hot) >= 3.0 * 9.5 and max(s.end_m for s in hot) <= 3.0 * 13.5
+    assert all(s.n_flagged <= 0.2 * s.n_spectra for s in segments if s.end_m < 3.0 * 9.5)

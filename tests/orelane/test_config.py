@@ -135,6 +135,8 @@ REFUSALS = {
                                      ["lane[0].event_close_score = 0.6", "event_open_score (0.4)"]),
     "open score zero": (lambda d: d["lane"][0].update(event_open_score=0.0),
                         ["lane[0].event_open_score = 0.0", "must be > 0"]),
+    "unknown results mode": (lambda d: d["lane"][0].update(results="batches"),
+                             ["lane[0].results = 'batches'", "spectra, segments"]),
 }
 
 

@@ -77,6 +77,16 @@ def frame_results(times=times) -> st.SearchStrategy[m.FrameResult]:
 
 
 @st.composite
+def segment_results(draw, times=times) -> m.SegmentResult:
+    start = draw(moderate)
+    n = draw(st.integers(0, 2**31))
+    unit = st.floats(0.0, 1.0)
+    return m.SegmentResult(draw(st.text()), draw(st.text()), draw(times), start, start + draw(st.floats(0.01, 1e3)),
+                           n, draw(st.integers(0, n)), draw(unit), draw(unit), draw(unit), draw(st.text()),
+                           draw(i64), draw(i64), draw(st.integers(0, 2**31)), draw(finite))
+
+
+@st.composite
 def contamination_events(draw, times=times) -> m.ContaminationEvent:
     start = draw(moderate)
     return m.ContaminationEvent(
@@ -93,6 +103,7 @@ def json_strategies(times: st.SearchStrategy[float], times_ns: st.SearchStrategy
         "spectrum": spectra(times),
         "reference": references(times),
         "frame_result": frame_results(times),
+        "segment_result": segment_results(times),
         "belt_state": st.builds(m.BeltState, lane=st.text(), timestamp_s=times, belt_position_m=finite,
                                 speed_m_s=finite, flow_t_h=finite, totalizer_t=finite),
         "contamination_event": contamination_events(times),
@@ -184,6 +195,8 @@ EXAMPLES: dict[str, m.JsonMessage] = {msg.KIND: msg for msg in (
     m.Spectrum("lane-1", 7, 1_700_000_000.25, 2.5, GRID, tuple(1000.0 + i for i in range(16))),
     m.Reference("lane-1", "white", 1_700_000_000.0, 2.5, GRID, tuple(60000.0 for _ in range(16))),
     m.FrameResult("lane-1", 3, 1_700_000_000.5, 120.25, 0.75),
+    m.SegmentResult("lane-1", "nir-2.3", 1_700_000_002.0, 120.0, 120.5, 25, 9, 0.87, 0.0, 0.87, "wood", 100, 124, 0,
+                    18.5),
     m.BeltState("lane-1", 1_700_000_000.0, 1234.5, 3.2, 4100.0, 98765.4),
     m.ContaminationEvent("ev-1", "lane-1", "closed", 100.0, 104.5, 102.0, 18.5, 0.9, "wood", 10, 55, (3, 4),
                          1_700_000_000.0, 1_700_000_004.0, "lot-9"),
@@ -723,6 +736,7 @@ def test_spectrum_batch_from_a_bytearray_cannot_be_written_through(counts_dtype)
 # it so (a dead letter's message_timestamp_ns: see test_dead_letter_takes_the_refused_message_time_exactly).
 TIMESTAMPED = [
     ("results/frames", "frame_result", "timestamp_s", {}),
+    ("results/segments", "segment_result", "timestamp_s", {}),
     ("belt", "belt_state", "timestamp_s", {}),
     ("events", "contamination_event", "closed_s", {}),
     ("events", "contamination_event", "opened_s", {"state": "open", "closed_s": None}),
@@ -815,7 +829,8 @@ def test_two_samples_reaching_one_status_at_once_stay_two_points():
 # ---------------------------------------------------------------- measurements
 
 
-POINT_LEAVES = {"results/spectra": "spectrum_results", "results/frames": "frame_result", "belt": "belt_state",
+POINT_LEAVES = {"results/spectra": "spectrum_results", "results/frames": "frame_result",
+                "results/segments": "segment_result", "belt": "belt_state",
                 "events": "contamination_event", "samples/record": "sample_record", "status": "lane_status",
                 "lot": "lot", "model/deploy": "model_deployment", "deadletter": "dead_letter"}
 
