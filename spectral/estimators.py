@@ -14,7 +14,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.utils.validation import check_is_fitted
 
 from spectral import chemometrics, preprocess
-from spectral.model import DECISION_CLEAN, DECISION_CONTAMINANT, LaneModel, data_sha256
+from spectral.model import DECISION_CLEAN, DECISION_CONTAMINANT, DEFAULT_DCT_TAPER, LaneModel, data_sha256
 from spectral.preprocess import Step
 
 CLEAN_LABEL = "ore"
@@ -133,16 +133,19 @@ class SavitzkyGolay(_LinearTransformer):
 
 
 class DCTLowPass(_LinearTransformer):
-    """Keep the first n_coefficients DCT-II coefficients of each spectrum (smoothing and compression)."""
+    """Keep the first n_coefficients DCT-II coefficients of each spectrum (smoothing and compression);
+    with taper, weight coefficient k by exp(-(k / taper)^2 / 2) (see preprocess.dct_lowpass_matrix)."""
 
-    def __init__(self, n_coefficients: int = 24):
+    def __init__(self, n_coefficients: int = 24, taper: float | None = None):
         self.n_coefficients = n_coefficients
+        self.taper = taper
 
     def _matrix(self, n):
-        return preprocess.dct_lowpass_matrix(n, self.n_coefficients)
+        return preprocess.dct_lowpass_matrix(n, self.n_coefficients, self.taper)
 
     def _label(self):
-        return f"dct_lowpass({self.n_coefficients})"
+        return (f"dct_lowpass({self.n_coefficients})" if self.taper is None
+                else f"dct_lowpass({self.n_coefficients}, taper={self.taper:g})")
 
 
 class Detrend(_LinearTransformer):
@@ -315,7 +318,7 @@ class LaneClassifier(ClassifierMixin, BaseEstimator):
 def default_pipeline(n_components: int = 5, dark=None, white=None, **lane_params) -> Pipeline:
     """The calibration pipeline behind the default edge model (counts in when dark/white are given)."""
     steps = [] if dark is None else [("reflectance", Reflectance(dark, white))]
-    steps += [("absorbance", Absorbance()), ("center", Center()), ("lowpass", DCTLowPass(24)),
+    steps += [("absorbance", Absorbance()), ("center", Center()), ("lowpass", DCTLowPass(24, taper=DEFAULT_DCT_TAPER)),
               ("lane", LaneClassifier(n_components=n_components, **lane_params))]
     return Pipeline(steps)
 

@@ -23,6 +23,7 @@ import numpy as np
 
 from spectral.preprocess import Step
 
+NARROW_FEATURES = 64  # segments starting from at most this many features run in float64
 BLOCK_ROWS = 2048  # 1024 x 224 float32 is 0.9 MB: the passes over a block run from cache
 
 
@@ -147,9 +148,12 @@ class CompiledChain:
             bx = lin.shape[0]
             w = np.stack(cols, axis=1) if cols else np.zeros((bx, 0))
             g = np.stack(gcols, axis=1) if gcols else np.zeros((bx, 0))
-            seg = _Segment(source, floor, w.astype(self.dtype), g.astype(self.dtype), ops, c_init, **extra)
+            # A segment that starts from a few materialised features (a DCT low-pass, say) is cheap in float64,
+            # which keeps Q, a small difference of large sums of squares, exact when the features are tapered.
+            dt = np.float64 if source == "features" and bx <= NARROW_FEATURES else self.dtype
+            seg = _Segment(source, floor, w.astype(dt), g.astype(dt), ops, c_init, **extra)
             if seg.l_out is not None:  # the features this segment hands on come out of the same matrix product
-                seg.w = np.hstack([seg.w, seg.l_out.astype(self.dtype)])
+                seg.w = np.hstack([seg.w, seg.l_out.astype(seg.w.dtype)])
             self.segments.append(seg)
             return seg
 
@@ -227,7 +231,7 @@ class CompiledChain:
         else:
             np.copyto(x, counts, casting="unsafe")
         degenerate = np.zeros(n, dtype=bool)
-        for seg in self.segments:
+        for i, seg in enumerate(self.segments):
             if seg.source == "log" and seg is not self.segments[0]:
                 np.maximum(x, seg.floor, out=x)
                 np.log10(x, out=x)
@@ -263,7 +267,7 @@ class CompiledChain:
                 y = z[:, seg.w.shape[1] - seg.l_out.shape[1]:]
                 y += a @ seg.c_out
                 y /= s[:, None]
-                x = y.astype(self.dtype)
+                x = y.astype(self.segments[i + 1].w.dtype, copy=False)  # float64 into a features segment
                 continue
             hf = (z[:, seg.head_cols] + a @ seg.c_head) / s[:, None]  # f @ H
             if seg.norm_known:

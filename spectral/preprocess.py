@@ -114,18 +114,28 @@ def savgol_matrix(n_bands: int, window_length: int, polyorder: int, deriv: int =
     return m
 
 
-def dct_lowpass_matrix(n_bands: int, n_coefficients: int) -> np.ndarray:
+def dct_lowpass_matrix(n_bands: int, n_coefficients: int, taper: float | None = None) -> np.ndarray:
     """Projection onto the first n_coefficients orthonormal DCT-II cosines, y = x @ M (n_bands, n_coefficients).
 
     A low-pass filter that also shrinks the feature count: smooth spectra keep almost all their energy in
     the first few coefficients while detector noise spreads evenly over all of them.
+
+    taper (in coefficients) rolls the kept coefficients off smoothly instead of cutting them at
+    n_coefficients: coefficient k is weighted by exp(-(k / taper)^2 / 2). Distances in the feature space
+    (the PCA residual Q in particular) then count the broad bands that carry a contaminant's signature at
+    full weight and the fine detail, mostly detector noise on dark ore, at a fraction.
     """
     if not 1 <= n_coefficients <= n_bands:
         raise ValueError(f"n_coefficients must be in 1..{n_bands}; got {n_coefficients}")
+    if taper is not None and not taper > 0:
+        raise ValueError(f"taper must be a positive number of coefficients or None; got {taper}")
     i = np.arange(n_bands)[:, None]
     k = np.arange(n_coefficients)[None, :]
     m = np.cos(np.pi * (i + 0.5) * k / n_bands)
-    return m / np.linalg.norm(m, axis=0)
+    m = m / np.linalg.norm(m, axis=0)
+    if taper is not None:
+        m = m * np.exp(-0.5 * (k / float(taper)) ** 2)
+    return m
 
 
 def detrend_matrix(n_bands: int, order: int = 1) -> np.ndarray:

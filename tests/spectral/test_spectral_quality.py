@@ -37,19 +37,21 @@ def _detection(m, instrument, material, fraction, n=2000, seed=3):
 def test_false_alarm_rate_on_new_lots_is_near_one_in_ten_thousand(tuned, instrument):
     held = synth.simulate_lots(instrument, np.random.default_rng(77), 40, 1000, contaminants=(), lot_prefix="new")
     s = tuned.score(held.counts, instrument.dark_reference(), instrument.white_reference())
-    # Target 1e-4. Measured 3.3e-4 here (threshold from 12,000 clean spectra of 60 lots); lot-to-lot
-    # variation makes the tail heavier than one tuning set shows. Guard against regressions only.
+    # Target 1e-4. Measured 2.5e-4 here (threshold from 12,000 clean spectra of 60 lots; 2.5e-4 also over
+    # 400,000 spectra of 400 further lots, nearly all on dark magnetite concentrate); lot-to-lot variation
+    # makes the tail heavier than one tuning set shows. Guard against regressions only.
     assert np.mean(s.decision != model.DECISION_CLEAN) <= 5e-4
 
 
-@pytest.mark.parametrize("material, minimum", [("plastic", 0.98), ("paper", 0.90), ("textile", 0.98)])
+# Issue targets: plastic >= 99 %, wood and paper >= 95 % (textile has none; it was held at 98 %).
+# Measured: plastic 99.95 %, wood 97.8 %, paper 99.85 %, textile 100 % (2000 spectra each).
+@pytest.mark.parametrize("material, minimum", [("plastic", 0.99), ("paper", 0.95), ("textile", 0.98)])
 def test_contaminants_at_20_percent_are_detected(tuned, instrument, material, minimum):
     assert _detection(tuned, instrument, material, 0.2) >= minimum
 
 
-@pytest.mark.xfail(reason="issue target: wood >= 95 % at 20 %; the simulated lane gives about 80 % "
-                          "(wood LOD is about 25 %)", strict=False)
 def test_wood_at_20_percent_meets_the_issue_target(tuned, instrument):
+    # 84 % with a hard DCT cut at 24 coefficients; the tapered low-pass of model.default_steps gives 97.8 %.
     assert _detection(tuned, instrument, "wood", 0.2) >= 0.95
 
 
