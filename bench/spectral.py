@@ -4,7 +4,7 @@ exported from, on the same simulated 224-band spectra, in the same run.
     python bench/spectral.py [--spectra 1000000] [--batch 8192] [--baseline-spectra 50000] [--threads 1] [--repeat 3]
 
 Baseline ("sklearn-pipeline"): spectral.estimators.default_pipeline (Reflectance, Absorbance, Center,
-SavitzkyGolay, LaneClassifier) .predict, float64, step by step. Fast path: LaneModel.score after a save
+tapered DCT low-pass, LaneClassifier) .predict, float64, step by step. Fast path: LaneModel.score after a save
 and load of the artifact (numpy only). Decisions are compared on every baseline spectrum. Each path runs
 --repeat times and its best run counts, so a busy machine hurts neither side more than the other.
 The last line is: spectra_per_s=<N> speedup_vs_sklearn=<R> max_decision_mismatch=<M>
