@@ -232,6 +232,10 @@ def test_whole_system_soak_with_faults_closes_its_accounting(durable_mosquitto, 
           f"events {len(closed_events)}, PLC cycles {len(plc.cycles)}")
     print("edge counters:", [(d.counters.spectra_in, d.counters.spectra_classified, d.counters.spectra_rejected,
                                d.mqtt.connects) for d in daemons], "simulator connects:", lane_sim.link.connects)
+    print("patches (material, sim s at the sensors):", [(p.material, round(float(p.start_m) / 3.0)) for p in patches])
+    print("events (class, sim s opened, length m):", [(e.likely_class, round(e.opened_s - clock.t0),
+                                                      round(e.end_m - e.start_m, 1)) for e in closed_events])
+    print("faults at real s:", fault_times)
     assert not missing, f"{len(missing)} spectra neither classified nor rejected, e.g. {sorted(missing)[:10]}"
     assert duplicated == 0
 
