@@ -13,7 +13,8 @@ it a one-core figure.
 Baseline ("numpy"): NumpyDetector below, the detector's steps one by one without OpenCV: 2x2 means and one
 2x Gaussian pyramid step down to the search resolution (pixels of about 5 mm: a quarter of 1280x1024 at
 1.25 mm), BGR to YCrCb (OpenCV's fixed-point coefficients), 3x3 median (sorting network), histogram median
-and MAD, box-filter texture and its expectation by brightness, the three deviation maps, weak and strong
+and MAD, box-filter texture (from 2x2 block moments of luma one octave above the search) and its
+expectation by brightness, the three deviation maps, weak and strong
 thresholds, 3x3 closing, connected components, the candidate regions' medians, and per region the same
 full-resolution outline, moments, convex hull, minimum-area rectangle and score. Connected-component
 labelling uses scipy.ndimage.label: labelling in pure NumPy needs a union-find loop in Python, which would
@@ -74,11 +75,25 @@ def halve_by_means(image: np.ndarray) -> np.ndarray:
     return ((p[0::2, 0::2] + p[0::2, 1::2] + p[1::2, 0::2] + p[1::2, 1::2] + 2) >> 2).astype(np.uint8)
 
 
-def search_image(image: np.ndarray, levels: int) -> np.ndarray:
-    """edge.camera._search_image: 2x2 means down to one octave above the search, then one Gaussian step."""
+def search_image(image: np.ndarray, levels: int) -> tuple[np.ndarray, np.ndarray]:
+    """edge.camera._search_image: 2x2 means down to one octave above the search, then one Gaussian step; the
+    search image and the one above it."""
     for _ in range(levels - 1):
         image = halve_by_means(image)
-    return pyr_down(image)
+    return pyr_down(image), image
+
+
+def block_moments(finer: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """edge.camera._block_moments: mean luma and mean squared luma of 2x2 blocks, padded to `shape`."""
+    b, g, r = (finer[..., i].astype(np.int32) for i in range(3))
+    luma = ((b * 1868 + g * 9617 + r * 4899 + (1 << 13)) >> 14).astype(np.float32)
+    h, w = luma.shape[0] // 2 * 2, luma.shape[1] // 2 * 2
+    out = []
+    for x in (luma, luma * luma):
+        x = x[:h, :w]
+        m = (x[0::2, 0::2] + x[0::2, 1::2] + x[1::2, 0::2] + x[1::2, 1::2]) * np.float32(0.25)
+        out.append(np.pad(m, ((0, shape[0] - m.shape[0]), (0, shape[1] - m.shape[1])), mode="edge"))
+    return out[0], out[1]
 
 
 def bgr_to_ycrcb(image: np.ndarray) -> np.ndarray:
@@ -255,8 +270,8 @@ class NumpyDetector:
     def detect(self, image: np.ndarray) -> list[camera.Detection]:
         ref = self.ref
         levels = ref._search_levels_for(image.shape)
-        small = search_image(image, levels)
-        maps, residual, model = self._deviation_maps(small, ref._texture_kernel(levels))
+        small, finer = search_image(image, levels)
+        maps, residual, model = self._deviation_maps(small, finer, ref._texture_kernel(levels))
         weak_levels, strong_levels = ref._levels()
         weak = (maps[0] > weak_levels[0]) | (maps[1] > weak_levels[1]) | (maps[2] > weak_levels[2])
         strong = (maps[0] > strong_levels[0]) | (maps[1] > strong_levels[1]) | (maps[2] > strong_levels[2])
@@ -288,7 +303,7 @@ class NumpyDetector:
         detections.sort(key=lambda d: d.score, reverse=True)
         return detections[: self.max_detections]
 
-    def _deviation_maps(self, small: np.ndarray, k: int):
+    def _deviation_maps(self, small: np.ndarray, finer: np.ndarray, k: int):
         ycc = bgr_to_ycrcb(small)
         filtered = median3(ycc)
         luma, cr, cb = filtered[..., 0], filtered[..., 1], filtered[..., 2]
@@ -296,9 +311,9 @@ class NumpyDetector:
         mCr, sCr = hist_median_sigma(cr, 1.5)
         mCb, sCb = hist_median_sigma(cb, 1.5)
 
-        y = ycc[..., 0].astype(np.float32)
-        mean = box_mean(y, k)
-        var = box_mean(y * y, k) - mean * mean
+        mean_block, square_block = block_moments(finer, small.shape[:2])
+        mean = box_mean(mean_block, k)
+        var = box_mean(square_block, k) - mean * mean
         log_tex = box_mean(np.log(np.maximum(var, np.float32(0.25))), k) * np.float32(0.5)
         level = np.clip(np.rint(np.abs(box_mean(mean, k))), 0, 255).astype(np.uint8)
         expected = camera._expected_by_level(level[::2, ::2].ravel(), log_tex[::2, ::2].ravel())
