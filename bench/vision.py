@@ -288,9 +288,12 @@ class NumpyDetector:
         px_cm2 = (self.pixel_size_mm / 10.0) ** 2
         min_small_px = 0.6 * self.min_area_cm2 / (scale * scale * px_cm2)
         areas = stats[:, 4]
-        regions = camera._candidate_regions(labels, strong, maps, residual, areas, min_small_px, strong_levels)
-        best_area_cm2 = np.where(regions.cue == 2, 4.0, 2.0) * (scale * scale * px_cm2) * areas[regions.label]
-        best_score = camera._alarm_score(regions.core_contrast / np.asarray(strong_levels)[regions.cue],
+        regions = camera._candidate_regions(labels, weak, strong, maps, residual, areas, min_small_px,
+                                            strong_levels)
+        smooth = regions.cue == 2
+        best_area_cm2 = np.where(smooth, 4.0, 2.0) * (scale * scale * px_cm2) * areas[regions.label]
+        best_contrast = np.where(smooth, regions.contrast, regions.core_contrast)
+        best_score = camera._alarm_score(best_contrast / np.asarray(strong_levels)[regions.cue],
                                          np.maximum(best_area_cm2, self.min_area_cm2), 1.0, 1.0)
         detections = []
         for i in np.flatnonzero(best_score >= self.min_score):

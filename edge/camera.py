@@ -541,13 +541,16 @@ class ObjectDetector:
         px_cm2 = (self.pixel_size_mm / 10.0) ** 2
         min_small_px = 0.6 * self.min_area_cm2 / (scale * scale * px_cm2)
         areas = stats[:, cv2.CC_STAT_AREA]
-        regions = _candidate_regions(labels, strong, maps, residual, areas, min_small_px, strong_levels)
-        # The best score each region could reach: perfect shape and an area above any seen from a component of
-        # its size (on 2,600 simulated frames, full-resolution outlines of bright and colour regions came out up
-        # to 1.2 times the search component, of smooth regions up to 3.5 times). Regions below min_score are
-        # dropped before they are outlined.
-        best_area_cm2 = np.where(regions.cue == 2, 4.0, 2.0) * (scale * scale * px_cm2) * areas[regions.label]
-        best_score = _alarm_score(regions.core_contrast / np.asarray(strong_levels)[regions.cue],
+        regions = _candidate_regions(labels, weak, strong, maps, residual, areas, min_small_px, strong_levels)
+        # The best score each region could reach: perfect shape, an area above any seen from a component of its
+        # size (on 2,600 simulated frames, full-resolution outlines of bright and colour regions came out up to
+        # 1.2 times the search component, of smooth regions up to 3.5 times) and, for bright and colour regions,
+        # whose contrast is measured again over the outline, the core contrast (a smooth one keeps its own).
+        # Regions below min_score are dropped before they are outlined.
+        smooth = regions.cue == 2
+        best_area_cm2 = np.where(smooth, 4.0, 2.0) * (scale * scale * px_cm2) * areas[regions.label]
+        best_contrast = np.where(smooth, regions.contrast, regions.core_contrast)
+        best_score = _alarm_score(best_contrast / np.asarray(strong_levels)[regions.cue],
                                   np.maximum(best_area_cm2, self.min_area_cm2), 1.0, 1.0)
         detections = []
         for i in np.flatnonzero(best_score >= self.min_score):
@@ -639,7 +642,7 @@ class ObjectDetector:
                   label: int, cue_index: int, contrast: float, core_contrast: float, texture_ratio: float,
                   model: OreModel, levels: int) -> Detection | None:
         """Outline one search-resolution component at full resolution; None if it is too small or too weak."""
-        x, y, w, h = (int(v) for v in stats[:4])
+        x, y, w, h = stats[:4].tolist()
         weak_levels, strong_levels = self._levels()
         cue = CUES[cue_index]
         scale = 1 << levels
@@ -652,8 +655,8 @@ class ObjectDetector:
         small_h, small_w = labels.shape
         r = k - 1 if cue == "smooth" else 2
         sx0, sy0, sx1, sy1 = max(0, x - r), max(0, y - r), min(small_w, x + w + r), min(small_h, y + h + r)
-        near_small = np.zeros((sy1 - sy0, sx1 - sx0), dtype=np.uint8)
-        near_small[y - sy0:y - sy0 + h, x - sx0:x - sx0 + w] = labels[y:y + h, x:x + w] == label
+        # The component's pixels all lie in its bounding box, so the wider window holds no others of its label.
+        near_small = (labels[sy0:sy1, sx0:sx1] == label).view(np.uint8)
         near_small = cv2.dilate(near_small, _element(cv2.MORPH_ELLIPSE, 2 * r + 1))
         # Search pixel j is centred on full-resolution pixel scale * j (pyrDown keeps even pixels); the
         # upsampled blocks are placed to be centred there too, to half a pixel.
@@ -682,7 +685,7 @@ class ObjectDetector:
                 z2 = cv2.LUT(ycc[:, :, 1], _squared_z_table(mCr, sCr))
                 z2 += cv2.LUT(ycc[:, :, 2], _squared_z_table(mCb, sCb))
                 above = z2 > threshold * threshold * (1.0 + 1e-5)
-        mask = (above & (near > 0)).view(np.uint8)
+        mask = np.logical_and(above, near, out=above).view(np.uint8)
         # Close gaps left by texture on the object (wood grain, weave, the sheen on rubber); the
         # smooth cue is coarse (a texture window at full resolution), so its gaps are wider.
         closing = scale * k + 1 if cue == "smooth" else 3
@@ -697,10 +700,10 @@ class ObjectDetector:
             return None
         if cue != "smooth":
             # Contrast of the region as outlined, on the search-resolution map the levels refer to.
-            inside_small = mask[scale * sy0 - Y0::scale, scale * sx0 - X0::scale] > 0
-            region = maps[cue_index][sy0:sy0 + inside_small.shape[0], sx0:sx0 + inside_small.shape[1]]
-            if np.any(inside_small):
-                contrast = float(_median(region[inside_small]))
+            inside_small = mask[scale * sy0 - Y0::scale, scale * sx0 - X0::scale].view(bool)  # 0 or 1
+            inside = maps[cue_index][sy0:sy0 + inside_small.shape[0], sx0:sx0 + inside_small.shape[1]][inside_small]
+            if inside.size:
+                contrast = float(_median(inside))
         contrast_ratio = contrast / strong_levels[cue_index]
         if self._score(contrast_ratio, area_cm2, 1.0, 1.0) < self.min_score:
             return None  # too weak even if perfectly sheet-like; spare the shape measurements
@@ -801,28 +804,32 @@ class CandidateRegions(NamedTuple):
     mean_residual: np.ndarray
 
 
-def _candidate_regions(labels: np.ndarray, strong: np.ndarray, maps: tuple[np.ndarray, ...], residual: np.ndarray,
-                       areas: np.ndarray, min_px: float, strong_levels: tuple[float, float, float]) -> CandidateRegions:
-    """The components of `labels` that reach the strong level somewhere and have at least min_px pixels, measured
-    all at once: sorting their pixels by component replaces a Python loop over hundreds of small ore patches.
+def _candidate_regions(labels: np.ndarray, weak: np.ndarray, strong: np.ndarray, maps: tuple[np.ndarray, ...],
+                       residual: np.ndarray, areas: np.ndarray, min_px: float,
+                       strong_levels: tuple[float, float, float]) -> CandidateRegions:
+    """The components of `labels` (of the 0/1 or boolean mask `weak`) that reach the `strong` mask somewhere and
+    have at least min_px pixels, measured all at once: sorting their pixels by component replaces a Python loop
+    over hundreds of small ore patches.
 
     A region's cue is the map whose median over the region stands out most against its strong level. A weak
     outline can join an object to ore that deviates a little; the pixels above the strong level are the
     object's, and their median is its core contrast.
     """
+    flat_labels = labels.ravel()
     reaches_strong = np.zeros(len(areas), dtype=bool)
-    reaches_strong[labels[strong]] = True
+    reaches_strong[flat_labels[np.flatnonzero(strong)]] = True
     reaches_strong[0] = False
     keep = reaches_strong & (areas >= min_px)
     ids = np.flatnonzero(keep)
     if ids.size == 0:
         empty = np.zeros(0, dtype=np.float32)
         return CandidateRegions(ids, ids, empty, empty, empty)
-    labelled = np.flatnonzero(labels)  # the components are a few percent of the search image
-    pixels = labelled[keep[labels.ravel()[labelled]]]
+    # A few percent of the search image is labelled; np.flatnonzero is quick on booleans only.
+    labelled = np.flatnonzero(weak.view(bool))
+    pixels = labelled[keep[flat_labels[labelled]]]
     region_of_label = np.zeros(len(areas), dtype=np.intp)
     region_of_label[ids] = np.arange(ids.size)
-    region = region_of_label[labels.ravel()[pixels]]
+    region = region_of_label[flat_labels[pixels]]
     values = [m.ravel()[pixels] for m in maps]
     medians = np.stack([_group_medians(v, region, ids.size) for v in values], axis=1)
     levels = np.asarray(strong_levels, dtype=np.float32)
@@ -841,12 +848,12 @@ def _candidate_regions(labels: np.ndarray, strong: np.ndarray, maps: tuple[np.nd
 def _group_medians(values: np.ndarray, group: np.ndarray, n_groups: int) -> np.ndarray:
     """Median of values in each group 0..n_groups-1 (the upper one for an even count, as _median), NaN for an
     empty group."""
-    order = np.lexsort((values, group))
     counts = np.bincount(group, minlength=n_groups)
-    starts = np.cumsum(counts) - counts
-    picks = np.minimum(starts + counts // 2, max(len(values) - 1, 0))
-    medians = values[order[picks]] if len(values) else np.zeros(n_groups, dtype=values.dtype)
-    return np.where(counts > 0, medians, np.nan).astype(values.dtype)
+    medians = np.full(n_groups, np.nan, dtype=values.dtype)
+    filled = counts > 0
+    picks = (np.cumsum(counts) - counts + counts // 2)[filled]
+    medians[filled] = values[np.lexsort((values, group))[picks]]
+    return medians
 
 
 def _expected_by_level(level: np.ndarray, value: np.ndarray) -> np.ndarray:
