@@ -14,13 +14,13 @@ Baseline ("numpy"): NumpyDetector below, the detector's steps one by one without
 2x Gaussian pyramid step down to the search resolution (pixels of about 5 mm: a quarter of 1280x1024 at
 1.25 mm), BGR to YCrCb (OpenCV's fixed-point coefficients), 3x3 median (sorting network), histogram median
 and MAD, box-filter texture (from 2x2 block moments of luma one octave above the search) and its
-expectation by brightness, the three deviation maps, weak and strong
-thresholds, 3x3 closing, connected components, the candidate regions' medians, and per region the same
-full-resolution outline, moments, convex hull, minimum-area rectangle and score. Connected-component
-labelling uses scipy.ndimage.label: labelling in pure NumPy needs a union-find loop in Python, which would
-measure the interpreter rather than the algorithm. The pure-NumPy helpers of edge.camera (_median,
-_expected_by_level, _candidate_regions, _squared_z_table, the score _alarm_score) and the detector's
-choice of pyramid levels and texture window are shared by both paths.
+expectation by brightness, the three deviation maps, weak and strong thresholds, 3x3 closing, connected
+components, the candidate regions' medians, and per region the same full-resolution outline, moments,
+convex hull, minimum-area rectangle and score. Connected-component labelling uses scipy.ndimage.label:
+labelling in pure NumPy needs a union-find loop in Python, which would measure the interpreter rather than
+the algorithm. The pure-NumPy parts of edge.camera (_median, _expected_by_level, _candidate_regions with
+the bounds _best_contrast and _best_area_px, _squared_z_table and the score _alarm_score) and the
+detector's choice of pyramid levels and texture window are shared by both paths.
 
 The run prints how far the two paths agree (detections matched by centre, their areas and scores).
 The last line is:  frames_per_s=<N> speedup=<R>
@@ -289,12 +289,10 @@ class NumpyDetector:
         min_small_px = 0.6 * self.min_area_cm2 / (scale * scale * px_cm2)
         areas = stats[:, 4]
         regions = camera._candidate_regions(labels, weak, strong, maps, residual, areas, min_small_px,
-                                            strong_levels)
-        smooth = regions.cue == 2
-        best_area_cm2 = np.where(smooth, 4.0, 2.0) * (scale * scale * px_cm2) * areas[regions.label]
-        best_contrast = np.where(smooth, regions.contrast, regions.core_contrast)
-        best_score = camera._alarm_score(best_contrast / np.asarray(strong_levels)[regions.cue],
-                                         np.maximum(best_area_cm2, self.min_area_cm2), 1.0, 1.0)
+                                            (weak_levels, strong_levels))
+        best_score = camera._alarm_score(camera._best_contrast(regions) / np.asarray(strong_levels)[regions.cue],
+                                         np.maximum(camera._best_area_px(regions, areas) * (scale * scale * px_cm2),
+                                                    self.min_area_cm2), 1.0, 1.0)
         detections = []
         for i in np.flatnonzero(best_score >= self.min_score):
             label = int(regions.label[i])
