@@ -331,9 +331,10 @@ class NumpyDetector:
         norm = float(np.hypot(*to_grey))
         z_smooth = (np.float32(centre) - residual) * np.float32(1.0 / (sig_log * math.sqrt(2.0)))
         if norm > 1.0:
-            toward = z_cr * np.float32(to_grey[0] / norm) + z_cb * np.float32(to_grey[1] / norm)
-            np.clip(toward, 0.0, norm, out=toward)
-            z_smooth += box_mean(toward, 3) * np.float32(1.0 / math.sqrt(2.0))
+            weight = 1.0 / (norm * math.sqrt(2.0))
+            toward = z_cr * np.float32(to_grey[0] * weight) + z_cb * np.float32(to_grey[1] * weight)
+            np.clip(toward, 0.0, norm / math.sqrt(2.0), out=toward)
+            z_smooth += box_mean(toward, 3)
         model = camera.OreModel((mY, mCr, mCb), (sY, sCr, sCb), sig_log)
         return (z_bright, z_colour, z_smooth), residual, model
 

@@ -628,9 +628,13 @@ class ObjectDetector:
         z_smooth = residual * -smooth_scale
         z_smooth += centre * smooth_scale
         if norm > 1.0:
-            toward = cv2.addWeighted(z_cr, to_grey[0] / norm, z_cb, to_grey[1] / norm, 0.0)
-            np.clip(toward, 0.0, norm, out=toward)
-            z_smooth += cv2.blur(toward, (3, 3)) * (1.0 / math.sqrt(2.0))
+            # (NumPy rather than cv2.addWeighted, whose rounding depends on memory alignment; the 1 / sqrt(2)
+            # is folded into the weights and the clip.)
+            weight = 1.0 / (norm * math.sqrt(2.0))
+            toward = z_cr * (to_grey[0] * weight)
+            toward += z_cb * (to_grey[1] * weight)
+            np.clip(toward, 0.0, norm / math.sqrt(2.0), out=toward)
+            z_smooth += cv2.blur(toward, (3, 3))
         model = OreModel((mY, mCr, mCb), (sY, sCr, sCb), sig_log)
         return (z_bright, z_colour, z_smooth), residual, model
 
@@ -863,14 +867,22 @@ def _best_area_px(regions: CandidateRegions, areas: np.ndarray) -> np.ndarray:
     return np.where(regions.cue == 2, 4.0, 1.5) * areas[regions.label]
 
 
-def _group_medians(values: np.ndarray, group: np.ndarray, n_groups: int) -> np.ndarray:
+def _group_medians(values: np.ndarray, group: np.ndarray, n_groups: int, large: int = 256) -> np.ndarray:
     """Median of values in each group 0..n_groups-1 (the upper one for an even count, as _median), NaN for an
-    empty group."""
+    empty group. Groups of more than `large` values (the few objects' components) are partitioned one by one;
+    the many small ones are sorted together."""
     counts = np.bincount(group, minlength=n_groups)
     medians = np.full(n_groups, np.nan, dtype=values.dtype)
-    filled = counts > 0
-    picks = (np.cumsum(counts) - counts + counts // 2)[filled]
-    medians[filled] = values[np.lexsort((values, group))[picks]]
+    for g in np.flatnonzero(counts > large):
+        medians[g] = _median(values[group == g])
+    small = (counts > 0) & (counts <= large)
+    if small.any():
+        if len(values) > counts[small].sum():
+            in_small = small[group]
+            values, group = values[in_small], group[in_small]
+            counts = np.where(small, counts, 0)
+        picks = (np.cumsum(counts) - counts + counts // 2)[small]
+        medians[small] = values[np.lexsort((values, group))[picks]]
     return medians
 
 
