@@ -832,8 +832,10 @@ def _candidate_regions(labels: np.ndarray, weak: np.ndarray, strong: np.ndarray,
     region_of_label = np.zeros(len(areas), dtype=np.intp)
     region_of_label[ids] = np.arange(ids.size)
     region = region_of_label[flat_labels[pixels]]
-    values = [m.ravel()[pixels] for m in maps]
-    medians = np.stack([_group_medians(v, region, ids.size) for v in values], axis=1)
+    by_region = np.argsort(region, kind="stable")  # each region's pixels together, for _group_medians
+    pixels, region = pixels[by_region], region[by_region]
+    values = np.stack([m.ravel()[pixels] for m in maps])
+    medians = _group_medians(values, region, ids.size).T
     weak_levels, strong_levels = (np.asarray(v, dtype=np.float32) for v in levels)
     cue = np.argmax(medians / strong_levels, axis=1)
     contrast = medians[np.arange(ids.size), cue]
@@ -868,21 +870,25 @@ def _best_area_px(regions: CandidateRegions, areas: np.ndarray) -> np.ndarray:
 
 
 def _group_medians(values: np.ndarray, group: np.ndarray, n_groups: int, large: int = 256) -> np.ndarray:
-    """Median of values in each group 0..n_groups-1 (the upper one for an even count, as _median), NaN for an
-    empty group. Groups of more than `large` values (the few objects' components) are partitioned one by one;
-    the many small ones are sorted together."""
+    """Median along the last axis of values in each group 0..n_groups-1 (the upper one for an even count, as
+    _median), NaN for an empty group; `group` is sorted. Groups of more than `large` values (the few objects'
+    components) are partitioned one by one; the many small ones are sorted together as rows of one array padded
+    with +inf."""
     counts = np.bincount(group, minlength=n_groups)
-    medians = np.full(n_groups, np.nan, dtype=values.dtype)
+    starts = np.cumsum(counts) - counts
+    medians = np.full(values.shape[:-1] + (n_groups,), np.nan, dtype=values.dtype)
     for g in np.flatnonzero(counts > large):
-        medians[g] = _median(values[group == g])
-    small = (counts > 0) & (counts <= large)
-    if small.any():
-        if len(values) > counts[small].sum():
-            in_small = small[group]
-            values, group = values[in_small], group[in_small]
-            counts = np.where(small, counts, 0)
-        picks = (np.cumsum(counts) - counts + counts // 2)[small]
-        medians[small] = values[np.lexsort((values, group))[picks]]
+        medians[..., g] = _median(values[..., starts[g]:starts[g] + counts[g]])
+    small = np.flatnonzero((counts > 0) & (counts <= large))
+    if small.size:
+        in_small = (counts[group] <= large)
+        values, group = values[..., in_small], group[in_small]
+        counts = np.bincount(group, minlength=n_groups)
+        starts = np.cumsum(counts) - counts
+        rows = np.full(values.shape[:-1] + (n_groups, counts.max()), np.inf, dtype=values.dtype)
+        rows[..., group, np.arange(len(group)) - starts[group]] = values
+        rows.sort(axis=-1)
+        medians[..., small] = rows[..., small, counts[small] // 2]
     return medians
 
 
