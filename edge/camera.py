@@ -767,7 +767,7 @@ def _search_image(image: np.ndarray, levels: int) -> tuple[np.ndarray, np.ndarra
     """The frame `levels` octaves down, and the image one octave above that (the frame itself for one level).
 
     2x2 means go down to one octave above the search, then one Gaussian step: its 5x5 kernel is the
-    anti-aliasing the deviation maps rely on, and the 2x2 means before it average as much noise as
+    anti-aliasing the deviation maps rely on, and the 2x2 means before it average about as much noise as
     Gaussian steps would, at a third of the cost on a full frame.
     """
     for _ in range(levels - 1):
@@ -853,7 +853,6 @@ def _candidate_regions(labels: np.ndarray, weak: np.ndarray, strong: np.ndarray,
     return CandidateRegions(ids, cue, contrast, core_contrast, outline_contrast, mean_residual)
 
 
-
 def _best_contrast(regions: CandidateRegions) -> np.ndarray:
     """The highest contrast each region's outline can show. A smooth region keeps its own. A bright or colour
     one is measured again on the search map over its full-resolution outline: on 2,600 simulated frames that
@@ -881,7 +880,7 @@ def _group_medians(values: np.ndarray, group: np.ndarray, n_groups: int, large: 
         medians[..., g] = _median(values[..., starts[g]:starts[g] + counts[g]])
     small = np.flatnonzero((counts > 0) & (counts <= large))
     if small.size:
-        in_small = (counts[group] <= large)
+        in_small = counts[group] <= large
         values, group = values[..., in_small], group[in_small]
         counts = np.bincount(group, minlength=n_groups)
         starts = np.cumsum(counts) - counts
