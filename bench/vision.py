@@ -10,14 +10,17 @@ because that is what the daemon hands the detector. Both paths run on the same d
 for about --seconds each (at least one pass over the frames). cv2.setNumThreads(1) and one BLAS thread make
 it a one-core figure.
 
-Baseline ("numpy"): NumpyDetector below, the detector's steps one by one without OpenCV: 2x Gaussian pyramid
-step, BGR to YCrCb (OpenCV's fixed-point coefficients), 3x3 median (sorting network), histogram median and
-MAD, box-filter texture and its expectation by brightness, the three deviation maps, weak and strong
-thresholds, 3x3 closing, connected components, and per region the same full-resolution outline, moments,
+Baseline ("numpy"): NumpyDetector below, the detector's steps one by one without OpenCV: 2x2 means and one
+2x Gaussian pyramid step down to the search resolution (pixels of about 5 mm: a quarter of 1280x1024 at
+1.25 mm), BGR to YCrCb (OpenCV's fixed-point coefficients), 3x3 median (sorting network), histogram median
+and MAD, box-filter texture (from 2x2 block moments of luma one octave above the search) and its
+expectation by brightness, the three deviation maps, weak and strong thresholds, 3x3 closing, connected
+components, the candidate regions' medians, and per region the same full-resolution outline, moments,
 convex hull, minimum-area rectangle and score. Connected-component labelling uses scipy.ndimage.label:
 labelling in pure NumPy needs a union-find loop in Python, which would measure the interpreter rather than
-the algorithm. The pure-NumPy helpers edge.camera._median and edge.camera._expected_by_level, and the
-detector's own score formula (ObjectDetector._score, plain math), are shared by both paths.
+the algorithm. The pure-NumPy parts of edge.camera (_median, _expected_by_level, _candidate_regions with
+the bounds _best_contrast and _best_area_px, _squared_z_table and the score _alarm_score) and the
+detector's choice of pyramid levels and texture window are shared by both paths.
 
 The run prints how far the two paths agree (detections matched by centre, their areas and scores).
 The last line is:  frames_per_s=<N> speedup=<R>
@@ -63,6 +66,34 @@ def pyr_down(image: np.ndarray) -> np.ndarray:
     out = (rows[:, 0:2 * ow:2] + rows[:, 4:4 + 2 * ow:2] + 4 * (rows[:, 1:1 + 2 * ow:2] + rows[:, 3:3 + 2 * ow:2])
            + 6 * rows[:, 2:2 + 2 * ow:2])
     return ((out + 128) >> 8).astype(np.uint8)
+
+
+def halve_by_means(image: np.ndarray) -> np.ndarray:
+    """cv2.resize(INTER_AREA) to half size of an image cut to even size: rounded 2x2 means."""
+    h, w = image.shape[0] // 2 * 2, image.shape[1] // 2 * 2
+    p = image[:h, :w].astype(np.uint16)
+    return ((p[0::2, 0::2] + p[0::2, 1::2] + p[1::2, 0::2] + p[1::2, 1::2] + 2) >> 2).astype(np.uint8)
+
+
+def search_image(image: np.ndarray, levels: int) -> tuple[np.ndarray, np.ndarray]:
+    """edge.camera._search_image: 2x2 means down to one octave above the search, then one Gaussian step; the
+    search image and the one above it."""
+    for _ in range(levels - 1):
+        image = halve_by_means(image)
+    return pyr_down(image), image
+
+
+def block_moments(finer: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """edge.camera._block_moments: mean luma and mean squared luma of 2x2 blocks, padded to `shape`."""
+    b, g, r = (finer[..., i].astype(np.int32) for i in range(3))
+    luma = ((b * 1868 + g * 9617 + r * 4899 + (1 << 13)) >> 14).astype(np.float32)
+    h, w = luma.shape[0] // 2 * 2, luma.shape[1] // 2 * 2
+    out = []
+    for x in (luma, luma * luma):
+        x = x[:h, :w]
+        m = (x[0::2, 0::2] + x[0::2, 1::2] + x[1::2, 0::2] + x[1::2, 1::2]) * np.float32(0.25)
+        out.append(np.pad(m, ((0, shape[0] - m.shape[0]), (0, shape[1] - m.shape[1])), mode="edge"))
+    return out[0], out[1]
 
 
 def bgr_to_ycrcb(image: np.ndarray) -> np.ndarray:
@@ -161,16 +192,18 @@ def close(mask: np.ndarray, element: np.ndarray) -> np.ndarray:
     return erode(dilate(mask, element), element)
 
 
-def upsample2_linear(x: np.ndarray) -> np.ndarray:
-    """cv2.resize to twice the size, INTER_LINEAR (pixel centres aligned, edges replicated)."""
+def upsample_linear(x: np.ndarray, factor: int) -> np.ndarray:
+    """cv2.resize by an integer factor, INTER_LINEAR (pixel centres aligned, edges replicated)."""
     def along(a: np.ndarray, axis: int) -> np.ndarray:
-        a = np.moveaxis(a, axis, 0)
-        prev = np.concatenate([a[:1], a[:-1]])
-        nxt = np.concatenate([a[1:], a[-1:]])
-        out = np.empty((2 * a.shape[0],) + a.shape[1:], dtype=a.dtype)
-        out[0::2] = 0.25 * prev + 0.75 * a
-        out[1::2] = 0.75 * a + 0.25 * nxt
-        return np.moveaxis(out, 0, axis)
+        n = a.shape[axis]
+        pos = (np.arange(n * factor) + 0.5) / factor - 0.5
+        lo = np.floor(pos).astype(np.intp)
+        shape = [1] * a.ndim
+        shape[axis] = -1
+        w = (pos - lo).astype(np.float32).reshape(shape)
+        a0 = np.take(a, np.clip(lo, 0, n - 1), axis=axis)
+        a1 = np.take(a, np.clip(lo + 1, 0, n - 1), axis=axis)
+        return a0 * (1 - w) + a1 * w
     return along(along(x, 0), 1)
 
 
@@ -233,34 +266,45 @@ class NumpyDetector:
         self.min_area_cm2 = reference.min_area_cm2
         self.max_detections = reference.max_detections
         self.min_score = reference.min_score
-        self.k = reference._texture_kernel()
 
     def detect(self, image: np.ndarray) -> list[camera.Detection]:
-        small = pyr_down(image)
-        maps, residual, model = self._deviation_maps(small)
-        weak_levels, strong_levels = self.ref._levels()
+        ref = self.ref
+        levels = ref._search_levels_for(image.shape)
+        small, finer = search_image(image, levels)
+        maps, residual, model = self._deviation_maps(small, finer, ref._texture_kernel(levels))
+        weak_levels, strong_levels = ref._levels()
         weak = (maps[0] > weak_levels[0]) | (maps[1] > weak_levels[1]) | (maps[2] > weak_levels[2])
         strong = (maps[0] > strong_levels[0]) | (maps[1] > strong_levels[1]) | (maps[2] > strong_levels[2])
         weak = close(weak, SQUARE3)
         labels, n = ndimage.label(weak, structure=SQUARE3)
         if n == 0:
             return []
-        areas = np.bincount(labels.ravel(), minlength=n + 1)
-        boxes = ndimage.find_objects(labels)
-        min_small_px = 0.6 * self.min_area_cm2 / (2 * self.pixel_size_mm / 10.0) ** 2
+        # The statistics cv2.connectedComponentsWithStats gives: x, y, width, height, area per label.
+        stats = np.zeros((n + 1, 5), dtype=np.int64)
+        for i, (ys, xs) in enumerate(ndimage.find_objects(labels), start=1):
+            stats[i, :4] = xs.start, ys.start, xs.stop - xs.start, ys.stop - ys.start
+        stats[:, 4] = np.bincount(labels.ravel(), minlength=n + 1)
+        scale = 1 << levels
+        px_cm2 = (self.pixel_size_mm / 10.0) ** 2
+        min_small_px = 0.6 * self.min_area_cm2 / (scale * scale * px_cm2)
+        areas = stats[:, 4]
+        regions = camera._candidate_regions(labels, weak, strong, maps, residual, areas, min_small_px,
+                                            (weak_levels, strong_levels))
+        best_score = camera._alarm_score(camera._best_contrast(regions) / np.asarray(strong_levels)[regions.cue],
+                                         np.maximum(camera._best_area_px(regions, areas) * (scale * scale * px_cm2),
+                                                    self.min_area_cm2), 1.0, 1.0)
         detections = []
-        for label in np.unique(labels[strong]):
-            if label == 0 or areas[label] < min_small_px:
-                continue
-            ys, xs = boxes[label - 1]
-            stats = (xs.start, ys.start, xs.stop - xs.start, ys.stop - ys.start, int(areas[label]))
-            detection = self._describe(image, maps, residual, labels, stats, int(label), model)
+        for i in np.flatnonzero(best_score >= self.min_score):
+            label = int(regions.label[i])
+            detection = self._describe(image, maps, labels, stats[label], label, int(regions.cue[i]),
+                                       float(regions.contrast[i]), float(regions.core_contrast[i]),
+                                       math.exp(float(regions.mean_residual[i])), model, levels)
             if detection is not None:
                 detections.append(detection)
         detections.sort(key=lambda d: d.score, reverse=True)
         return detections[: self.max_detections]
 
-    def _deviation_maps(self, small: np.ndarray):
+    def _deviation_maps(self, small: np.ndarray, finer: np.ndarray, k: int):
         ycc = bgr_to_ycrcb(small)
         filtered = median3(ycc)
         luma, cr, cb = filtered[..., 0], filtered[..., 1], filtered[..., 2]
@@ -268,10 +312,9 @@ class NumpyDetector:
         mCr, sCr = hist_median_sigma(cr, 1.5)
         mCb, sCb = hist_median_sigma(cb, 1.5)
 
-        k = self.k
-        y = ycc[..., 0].astype(np.float32)
-        mean = box_mean(y, k)
-        var = box_mean(y * y, k) - mean * mean
+        mean_block, square_block = block_moments(finer, small.shape[:2])
+        mean = box_mean(mean_block, k)
+        var = box_mean(square_block, k) - mean * mean
         log_tex = box_mean(np.log(np.maximum(var, np.float32(0.25))), k) * np.float32(0.5)
         level = np.clip(np.rint(np.abs(box_mean(mean, k))), 0, 255).astype(np.uint8)
         expected = camera._expected_by_level(level[::2, ::2].ravel(), log_tex[::2, ::2].ravel())
@@ -288,54 +331,51 @@ class NumpyDetector:
         norm = float(np.hypot(*to_grey))
         z_smooth = (np.float32(centre) - residual) * np.float32(1.0 / (sig_log * math.sqrt(2.0)))
         if norm > 1.0:
-            toward = z_cr * np.float32(to_grey[0] / norm) + z_cb * np.float32(to_grey[1] / norm)
-            np.clip(toward, 0.0, norm, out=toward)
-            z_smooth += box_mean(toward, 3) * np.float32(1.0 / math.sqrt(2.0))
+            weight = 1.0 / (norm * math.sqrt(2.0))
+            toward = z_cr * np.float32(to_grey[0] * weight) + z_cb * np.float32(to_grey[1] * weight)
+            np.clip(toward, 0.0, norm / math.sqrt(2.0), out=toward)
+            z_smooth += box_mean(toward, 3)
         model = camera.OreModel((mY, mCr, mCb), (sY, sCr, sCb), sig_log)
         return (z_bright, z_colour, z_smooth), residual, model
 
-    def _describe(self, image, maps, residual, labels, stats, label, model) -> camera.Detection | None:
+    def _describe(self, image, maps, labels, stats, label, cue_index, contrast, core_contrast, texture_ratio,
+                  model, levels) -> camera.Detection | None:
         ref = self.ref
-        x, y, w, h, small_area = stats
-        component = labels[y:y + h, x:x + w] == label
-        values = np.stack([m[y:y + h, x:x + w][component] for m in maps])
-        medians = camera._median(values)
+        x, y, w, h = (int(v) for v in stats[:4])
         weak_levels, strong_levels = ref._levels()
-        cue_index = int(np.argmax(medians / np.asarray(strong_levels)))
         cue = camera.CUES[cue_index]
-        contrast = float(medians[cue_index])
-        cue_values = values[cue_index]
-        core = cue_values[cue_values > strong_levels[cue_index]]
-        core_contrast = max(contrast, float(camera._median(core))) if core.size else contrast
+        scale = 1 << levels
+        k = ref._texture_kernel(levels)
         px_cm2 = (self.pixel_size_mm / 10.0) ** 2
-        best_area_cm2 = (4.0 if cue == "smooth" else 2.0) * 4.0 * small_area * px_cm2
-        if ref._score(core_contrast / strong_levels[cue_index], max(best_area_cm2, self.min_area_cm2),
-                      1.0, 1.0) < self.min_score:
-            return None
 
         full_h, full_w = image.shape[:2]
         small_h, small_w = labels.shape
-        r = self.k - 1 if cue == "smooth" else 2
+        r = k - 1 if cue == "smooth" else 2
         sx0, sy0, sx1, sy1 = max(0, x - r), max(0, y - r), min(small_w, x + w + r), min(small_h, y + h + r)
         near_small = np.zeros((sy1 - sy0, sx1 - sx0), dtype=bool)
-        near_small[y - sy0:y - sy0 + h, x - sx0:x - sx0 + w] = component
+        near_small[y - sy0:y - sy0 + h, x - sx0:x - sx0 + w] = labels[y:y + h, x:x + w] == label
         near_small = dilate(near_small, ellipse_element(2 * r + 1))
-        X0, Y0, X1, Y1 = 2 * sx0, 2 * sy0, min(full_w, 2 * sx1), min(full_h, 2 * sy1)
-        near = near_small.repeat(2, axis=0).repeat(2, axis=1)[:Y1 - Y0, :X1 - X0]
+        shift = (scale - 1) // 2
+        ux0, uy0 = scale * sx0 - shift, scale * sy0 - shift
+        X0, Y0 = max(0, ux0), max(0, uy0)
+        X1, Y1 = min(full_w, ux0 + scale * (sx1 - sx0)), min(full_h, uy0 + scale * (sy1 - sy0))
+        window = (slice(Y0 - uy0, Y1 - uy0), slice(X0 - ux0, X1 - ux0))
+        near = near_small.repeat(scale, axis=0).repeat(scale, axis=1)[window]
         crop = image[Y0:Y1, X0:X1]
         if cue == "smooth":
-            z = upsample2_linear(maps[2][sy0:sy1, sx0:sx1])[:Y1 - Y0, :X1 - X0]
-            threshold = 0.5 * contrast
+            z = upsample_linear(maps[2][sy0:sy1, sx0:sx1], scale)[window]
+            above = z > 0.5 * contrast
         else:
-            ycc = median3(bgr_to_ycrcb(crop)).astype(np.float32)
+            ycc = median3(bgr_to_ycrcb(crop))
+            threshold = max(weak_levels[cue_index], 0.5 * core_contrast)
             (mY, mCr, mCb), (sY, sCr, sCb) = model.median_ycc, model.sigma_ycc
             if cue == "bright":
-                z = (ycc[..., 0] - mY) * (1.0 / sY)
+                above = ycc[..., 0] > mY + threshold * sY + 1e-3
             else:
-                z = np.hypot((ycc[..., 1] - mCr) * (1.0 / sCr), (ycc[..., 2] - mCb) * (1.0 / sCb))
-            threshold = max(weak_levels[cue_index], 0.5 * core_contrast)
-        mask = (z > threshold) & near
-        closing = 2 * self.k + 1 if cue == "smooth" else 3
+                z2 = camera._squared_z_table(mCr, sCr)[ycc[..., 1]] + camera._squared_z_table(mCb, sCb)[ycc[..., 2]]
+                above = z2 > threshold * threshold * (1.0 + 1e-5)
+        mask = above & near
+        closing = scale * k + 1 if cue == "smooth" else 3
         mask = close(mask, ellipse_element(closing))
         if cue == "smooth":
             mask = dilate(mask, CROSS3) & near
@@ -344,7 +384,7 @@ class NumpyDetector:
         if area_px == 0 or area_cm2 < self.min_area_cm2:
             return None
         if cue != "smooth":
-            inside_small = mask[::2, ::2]
+            inside_small = mask[scale * sy0 - Y0::scale, scale * sx0 - X0::scale]
             region = maps[cue_index][sy0:sy0 + inside_small.shape[0], sx0:sx0 + inside_small.shape[1]]
             if np.any(inside_small):
                 contrast = float(camera._median(region[inside_small]))
@@ -352,9 +392,6 @@ class NumpyDetector:
         if ref._score(contrast_ratio, area_cm2, 1.0, 1.0) < self.min_score:
             return None
 
-        ys, xs = np.nonzero(mask)
-        cx = X0 + xs.mean() + 0.5
-        cy = Y0 + ys.mean() + 0.5
         # The hull of the outline is the hull of each row's first and last pixel centres.
         rows = np.flatnonzero(mask.any(axis=1))
         first = mask[rows].argmax(axis=1)
@@ -372,15 +409,17 @@ class NumpyDetector:
         rect_w, rect_h = min_area_rect_size(hull)
         solidity = min(1.0, area_px / hull_px)
         rectangularity = min(1.0, area_px / ((rect_w + 1.0) * (rect_h + 1.0)))
-        bx, by = int(xs.min()), int(ys.min())
-        bw, bh = int(xs.max()) - bx + 1, int(ys.max()) - by + 1
-
-        mean_bgr = crop[mask].mean(axis=0) / 255.0
-        lightness, a, b = bgr_to_lab(mean_bgr)
-        texture_ratio = math.exp(float(np.mean(residual[y:y + h, x:x + w][component])))
         score = ref._score(contrast_ratio, area_cm2, solidity, rectangularity)
         if score < self.min_score:
             return None
+
+        ys, xs = np.nonzero(mask)
+        cx = X0 + xs.mean() + 0.5
+        cy = Y0 + ys.mean() + 0.5
+        bx, by = int(xs.min()), int(ys.min())
+        bw, bh = int(xs.max()) - bx + 1, int(ys.max()) - by + 1
+        mean_bgr = crop[mask].mean(axis=0) / 255.0
+        lightness, a, b = bgr_to_lab(mean_bgr)
         m_per_px = self.pixel_size_mm / 1000.0
         return camera.Detection(
             area_cm2=area_cm2, bbox_px=(X0 + bx, Y0 + by, bw, bh), centre_px=(cx, cy),

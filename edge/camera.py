@@ -14,9 +14,11 @@ illustrative, not measured.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -426,6 +428,11 @@ def frame_exposure(image: np.ndarray, saturated_level: int = 250, dark_level: in
 
 
 CUES = ("bright", "colour", "smooth")
+# Pixel size the search runs at (a pyramid level of the frame): the ore model, the deviation maps and the
+# candidate regions cost the same per square metre of belt whatever the camera's resolution, and their
+# windows keep their size on the belt. Frames of 2.5 mm pixels are searched at half resolution, of 1.25 mm
+# at quarter resolution.
+_SEARCH_PIXEL_MM = 5.0
 
 
 @dataclass(frozen=True)
@@ -456,7 +463,7 @@ class Detection:
 
 @dataclass(frozen=True)
 class OreModel:
-    """Robust statistics of the ore in one frame (half resolution), as the detector saw it."""
+    """Robust statistics of the ore in one frame (at the search resolution), as the detector saw it."""
 
     median_ycc: tuple[float, float, float]  # luma Y, chroma Cr, Cb in 8-bit counts
     sigma_ycc: tuple[float, float, float]  # 1.4826 MAD of each, floored
@@ -475,9 +482,11 @@ class ObjectDetector:
     and cover at least `min_area_cm2` are reported with a score that combines
     contrast, size and shape.
 
-    The search runs at half resolution; each region's outline is then found at
-    full resolution for its area and centre. Regions whose score cannot reach
-    `min_score` are dropped before that step, which keeps plain-ore frames cheap.
+    The search runs on a pyramid level of about 5 mm pixels (half resolution
+    at 2.5 mm/px, quarter at 1.25 mm/px); each region's outline is then found
+    at full resolution for its area and centre. Regions whose score cannot
+    reach `min_score` are dropped, all at once, before that step, which keeps
+    plain-ore frames cheap.
     """
 
     def __init__(self, pixel_size_mm: float, min_area_cm2: float = 4.0, weak_sigma: float = 4.0,
@@ -508,28 +517,43 @@ class ObjectDetector:
         self.texture_window_px = texture_window_px
         self.min_score = float(min_score)
         self.max_detections = max_detections
+        # Pyramid steps to the search resolution: at least one, to pixels of about _SEARCH_PIXEL_MM.
+        self.search_levels = max(1, int(round(math.log2(_SEARCH_PIXEL_MM / self.pixel_size_mm))))
         self.last_ore_model_: OreModel | None = None
 
     def detect(self, image_bgr: np.ndarray) -> list[Detection]:
         """Regions of the frame that are not ore, highest score first."""
         image = _check_image(image_bgr, "image_bgr")
-        small = cv2.pyrDown(image)
-        maps, residual, model = self._deviation_maps(small)
+        levels = self._search_levels_for(image.shape)
+        small, finer = _search_image(image, levels)
+        maps, residual, model = self._deviation_maps(small, finer, self._texture_kernel(levels))
         self.last_ore_model_ = model
         weak_levels, strong_levels = self._levels()
         weak = (maps[0] > weak_levels[0]) | (maps[1] > weak_levels[1]) | (maps[2] > weak_levels[2])
         strong = (maps[0] > strong_levels[0]) | (maps[1] > strong_levels[1]) | (maps[2] > strong_levels[2])
         weak = cv2.morphologyEx(weak.view(np.uint8), cv2.MORPH_CLOSE, np.ones((3, 3), np.uint8))
-        n, labels, stats, _ = cv2.connectedComponentsWithStats(weak, connectivity=8)
+        # Grana's algorithm: the same labels as the default, and its statistics cost a third as much here.
+        n, labels, stats, _ = cv2.connectedComponentsWithStatsWithAlgorithm(weak, 8, cv2.CV_32S, cv2.CCL_GRANA)
         if n <= 1:
             return []
-        # Half-resolution pixels are 4 full ones; the weak outline is wider than the final one.
-        min_small_px = 0.6 * self.min_area_cm2 / (2 * self.pixel_size_mm / 10.0) ** 2
+        # A search pixel is scale x scale full ones; the weak outline is wider than the final one.
+        scale = 1 << levels
+        px_cm2 = (self.pixel_size_mm / 10.0) ** 2
+        min_small_px = 0.6 * self.min_area_cm2 / (scale * scale * px_cm2)
+        areas = stats[:, cv2.CC_STAT_AREA]
+        regions = _candidate_regions(labels, weak, strong, maps, residual, areas, min_small_px,
+                                     (weak_levels, strong_levels))
+        # Regions whose best score (perfect shape, the best contrast and area their outline can show) is below
+        # min_score are dropped before they are outlined.
+        best_score = _alarm_score(_best_contrast(regions) / np.asarray(strong_levels)[regions.cue],
+                                  np.maximum(_best_area_px(regions, areas) * (scale * scale * px_cm2),
+                                             self.min_area_cm2), 1.0, 1.0)
         detections = []
-        for label in np.unique(labels[strong]):
-            if label == 0 or stats[label, cv2.CC_STAT_AREA] < min_small_px:
-                continue
-            detection = self._describe(image, maps, residual, labels, stats[label], int(label), model)
+        for i in np.flatnonzero(best_score >= self.min_score):
+            label = int(regions.label[i])
+            detection = self._describe(image, maps, labels, stats[label], label, int(regions.cue[i]),
+                                       float(regions.contrast[i]), float(regions.core_contrast[i]),
+                                       math.exp(float(regions.mean_residual[i])), model, levels)
             if detection is not None:
                 detections.append(detection)
         detections.sort(key=lambda d: d.score, reverse=True)
@@ -540,13 +564,24 @@ class ObjectDetector:
         return ((self.weak_sigma, self.weak_sigma, self.smooth_weak_sigma),
                 (self.strong_sigma, self.strong_sigma, self.smooth_strong_sigma))
 
-    def _texture_kernel(self) -> int:
-        """Window of the texture measure at half resolution: odd, about texture_window_px / 2."""
-        return max(3, int(round(self.texture_window_px / 2)) | 1)
+    def _search_levels_for(self, shape: tuple[int, ...]) -> int:
+        """Pyramid steps from the frame to the search: search_levels, fewer if the search image would be
+        under 8 pixels across."""
+        levels = self.search_levels
+        while levels > 1 and min(shape[0], shape[1]) >> levels < 8:
+            levels -= 1
+        return levels
 
-    def _deviation_maps(self, small: np.ndarray) -> tuple[tuple[np.ndarray, ...], np.ndarray, OreModel]:
-        """Per-cue deviation from the ore in robust sigmas (float32, half resolution), the log texture
-        residual and the ore model."""
+    def _texture_kernel(self, levels: int) -> int:
+        """Window of the texture measure at the search resolution: odd, about texture_window_px full-resolution
+        pixels."""
+        return max(3, int(round(self.texture_window_px / (1 << levels))) | 1)
+
+    def _deviation_maps(self, small: np.ndarray, finer: np.ndarray,
+                        k: int) -> tuple[tuple[np.ndarray, ...], np.ndarray, OreModel]:
+        """Per-cue deviation from the ore in robust sigmas (float32, at the resolution of `small`), the log
+        texture residual (window of k search pixels, measured on `finer`, the frame one octave above) and the
+        ore model."""
         ycc = cv2.cvtColor(small, cv2.COLOR_BGR2YCrCb)
         # A 3x3 median keeps the edges of objects and removes single bright grains and glints.
         luma, cr, cb = cv2.split(cv2.medianBlur(ycc, 3))
@@ -559,12 +594,17 @@ class ObjectDetector:
         # Texture is the log local standard deviation of luma, averaged over a second window
         # because rubber differs from ore by a little over a large area, not a lot anywhere. It is
         # compared with this frame's ore of the same brightness: ore texture scales with brightness,
-        # and in dark, vignetted or shadowed parts noise and JPEG set a floor.
-        k = self._texture_kernel()
-        y = ycc[:, :, 0].astype(np.float32)
-        mean = cv2.blur(y, (k, k))
-        var = cv2.sqrBoxFilter(y, -1, (k, k)) - mean * mean
-        log_tex = cv2.blur(cv2.log(cv2.max(var, 0.25)), (k, k)) * 0.5
+        # and in dark, vignetted or shadowed parts noise and JPEG set a floor. The deviation is taken
+        # over the pixels of the frame one octave above the search, whose grain and fines the search
+        # image has smoothed away (rubber has neither): 2x2 block means of luma and of its square give
+        # the window's moments at the search resolution.
+        mean_block, square_block = _block_moments(finer, small.shape[:2])
+        mean = cv2.blur(mean_block, (k, k))
+        var = cv2.blur(square_block, (k, k))
+        var -= mean * mean
+        np.maximum(var, 0.25, out=var)
+        log_tex = cv2.blur(cv2.log(var), (k, k))
+        log_tex *= 0.5
         level = cv2.convertScaleAbs(cv2.blur(mean, (k, k)))
         expected = _expected_by_level(level[::2, ::2].ravel(), log_tex[::2, ::2].ravel())
         residual = log_tex - cv2.LUT(level, expected)
@@ -572,117 +612,119 @@ class ObjectDetector:
         centre = float(_median(sample))
         sig_log = max(1.4826 * float(_median(np.abs(sample - centre))), 0.05)
 
-        z_bright = (luma.astype(np.float32) - mY) * (1.0 / sY)
-        z_cr = (cr.astype(np.float32) - mCr) * (1.0 / sCr)
-        z_cb = (cb.astype(np.float32) - mCb) * (1.0 / sCb)
-        z_colour = cv2.magnitude(z_cr, z_cb)
+        z_bright = _z_score(luma, mY, sY)
+        z_cr = _z_score(cr, mCr, sCr)
+        z_cb = _z_score(cb, mCb, sCb)
+        # NumPy rather than cv2.magnitude: OpenCV's vector and scalar paths round differently, so its result
+        # would depend on where the arrays happen to lie in memory.
+        z_colour = z_cr * z_cr
+        z_colour += z_cb * z_cb
+        np.sqrt(z_colour, out=z_colour)
         # Rubber is smooth and neutral black where hematite ore is red-brown: the texture deviation
         # and the shift towards neutral grey (Cr = Cb = 128) are added as two independent z-scores.
         to_grey = np.array([(128.0 - mCr) / sCr, (128.0 - mCb) / sCb])
         norm = float(np.hypot(*to_grey))
-        z_smooth = (centre - residual) * (1.0 / (sig_log * math.sqrt(2.0)))
+        smooth_scale = 1.0 / (sig_log * math.sqrt(2.0))
+        z_smooth = residual * -smooth_scale
+        z_smooth += centre * smooth_scale
         if norm > 1.0:
-            toward = cv2.addWeighted(z_cr, to_grey[0] / norm, z_cb, to_grey[1] / norm, 0.0)
-            np.clip(toward, 0.0, norm, out=toward)
-            z_smooth += cv2.blur(toward, (3, 3)) * (1.0 / math.sqrt(2.0))
+            # (NumPy rather than cv2.addWeighted, whose rounding depends on memory alignment; the 1 / sqrt(2)
+            # is folded into the weights and the clip.)
+            weight = 1.0 / (norm * math.sqrt(2.0))
+            toward = z_cr * (to_grey[0] * weight)
+            toward += z_cb * (to_grey[1] * weight)
+            np.clip(toward, 0.0, norm / math.sqrt(2.0), out=toward)
+            z_smooth += cv2.blur(toward, (3, 3))
         model = OreModel((mY, mCr, mCb), (sY, sCr, sCb), sig_log)
         return (z_bright, z_colour, z_smooth), residual, model
 
-    def _describe(self, image: np.ndarray, maps: tuple[np.ndarray, ...], residual: np.ndarray,
-                  labels: np.ndarray, stats: np.ndarray, label: int, model: OreModel) -> Detection | None:
-        """Measure one half-resolution component at full resolution; None if it is too small or too weak."""
-        x, y, w, h, small_area = (int(v) for v in stats[:5])
-        component = labels[y:y + h, x:x + w] == label
-        values = np.stack([m[y:y + h, x:x + w][component] for m in maps])
-        medians = _median(values)
+    def _describe(self, image: np.ndarray, maps: tuple[np.ndarray, ...], labels: np.ndarray, stats: np.ndarray,
+                  label: int, cue_index: int, contrast: float, core_contrast: float, texture_ratio: float,
+                  model: OreModel, levels: int) -> Detection | None:
+        """Outline one search-resolution component at full resolution; None if it is too small or too weak."""
+        x, y, w, h = stats[:4].tolist()
         weak_levels, strong_levels = self._levels()
-        cue_index = int(np.argmax(medians / np.asarray(strong_levels)))
         cue = CUES[cue_index]
-        contrast = float(medians[cue_index])
-        # A weak outline can join an object to ore that deviates a little; the pixels above the
-        # strong level are the object's, and their median is its contrast.
-        cue_values = values[cue_index]
-        core = cue_values[cue_values > strong_levels[cue_index]]
-        core_contrast = max(contrast, float(_median(core))) if core.size else contrast
+        scale = 1 << levels
+        k = self._texture_kernel(levels)
         px_cm2 = (self.pixel_size_mm / 10.0) ** 2
-        # The best score this region could reach: perfect shape and an area above any seen from a
-        # component of this size (full-resolution outlines of colour regions come out up to 1.9
-        # times the half-resolution one, of smooth regions up to 3.2 times). Skip it if that is
-        # below min_score.
-        best_area_cm2 = (4.0 if cue == "smooth" else 2.0) * 4.0 * small_area * px_cm2
-        best_score = self._score(core_contrast / strong_levels[cue_index], max(best_area_cm2, self.min_area_cm2),
-                                 1.0, 1.0)
-        if best_score < self.min_score:
-            return None
 
-        # Region of interest at half and at full resolution. A smooth region is seen through two
+        # Region of interest at search and at full resolution. A smooth region is seen through two
         # texture windows, so its component can fall a window short of the object's edge.
         full_h, full_w = image.shape[:2]
         small_h, small_w = labels.shape
-        r = self._texture_kernel() - 1 if cue == "smooth" else 2
+        r = k - 1 if cue == "smooth" else 2
         sx0, sy0, sx1, sy1 = max(0, x - r), max(0, y - r), min(small_w, x + w + r), min(small_h, y + h + r)
-        near_small = np.zeros((sy1 - sy0, sx1 - sx0), dtype=np.uint8)
-        near_small[y - sy0:y - sy0 + h, x - sx0:x - sx0 + w] = component
-        near_small = cv2.dilate(near_small, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1)))
-        X0, Y0, X1, Y1 = 2 * sx0, 2 * sy0, min(full_w, 2 * sx1), min(full_h, 2 * sy1)
-        up_size = (2 * (sx1 - sx0), 2 * (sy1 - sy0))
-        near = cv2.resize(near_small, up_size, interpolation=cv2.INTER_NEAREST)[:Y1 - Y0, :X1 - X0]
+        # The component's pixels all lie in its bounding box, so the wider window holds no others of its label.
+        near_small = (labels[sy0:sy1, sx0:sx1] == label).view(np.uint8)
+        near_small = cv2.dilate(near_small, _element(cv2.MORPH_ELLIPSE, 2 * r + 1))
+        # Search pixel j is centred on full-resolution pixel scale * j (pyrDown keeps even pixels); the
+        # upsampled blocks are placed to be centred there too, to half a pixel.
+        shift = (scale - 1) // 2
+        ux0, uy0 = scale * sx0 - shift, scale * sy0 - shift
+        up_size = (scale * (sx1 - sx0), scale * (sy1 - sy0))
+        X0, Y0 = max(0, ux0), max(0, uy0)
+        X1, Y1 = min(full_w, ux0 + up_size[0]), min(full_h, uy0 + up_size[1])
+        window = (slice(Y0 - uy0, Y1 - uy0), slice(X0 - ux0, X1 - ux0))
+        near = cv2.resize(near_small, up_size, interpolation=cv2.INTER_NEAREST)[window]
         crop = image[Y0:Y1, X0:X1]
-        if cue == "smooth":
-            z = cv2.resize(maps[2][sy0:sy1, sx0:sx1], up_size, interpolation=cv2.INTER_LINEAR)[:Y1 - Y0, :X1 - X0]
-            threshold = 0.5 * contrast
-        else:
-            ycc = cv2.medianBlur(cv2.cvtColor(crop, cv2.COLOR_BGR2YCrCb), 3).astype(np.float32)
-            (mY, mCr, mCb), (sY, sCr, sCb) = model.median_ycc, model.sigma_ycc
-            if cue == "bright":
-                z = (ycc[:, :, 0] - mY) * (1.0 / sY)
-            else:
-                z = cv2.magnitude((ycc[:, :, 1] - mCr) * (1.0 / sCr), (ycc[:, :, 2] - mCb) * (1.0 / sCb))
-            threshold = max(weak_levels[cue_index], 0.5 * core_contrast)
         # The edge of a step, however blurred, lies where the deviation is half the step's height.
-        mask = ((z > threshold) & (near > 0)).view(np.uint8)
+        if cue == "smooth":
+            z = cv2.resize(maps[2][sy0:sy1, sx0:sx1], up_size, interpolation=cv2.INTER_LINEAR)[window]
+            above = z > 0.5 * contrast
+        else:
+            ycc = cv2.medianBlur(cv2.cvtColor(crop, cv2.COLOR_BGR2YCrCb), 3)
+            threshold = max(weak_levels[cue_index], 0.5 * core_contrast)
+            (mY, mCr, mCb), (sY, sCr, sCb) = model.median_ycc, model.sigma_ycc
+            # 8-bit values put many pixels exactly on the threshold (half of a median that is itself one of
+            # them); a small margin keeps them out however the float arithmetic rounds.
+            if cue == "bright":
+                above = ycc[:, :, 0] > mY + threshold * sY + 1e-3  # (Y - mY) / sY > threshold, in counts
+            else:
+                # Squared chroma z-scores from two 256-entry tables: no float image of the crop.
+                z2 = cv2.LUT(ycc[:, :, 1], _squared_z_table(mCr, sCr))
+                z2 += cv2.LUT(ycc[:, :, 2], _squared_z_table(mCb, sCb))
+                above = z2 > threshold * threshold * (1.0 + 1e-5)
+        mask = np.logical_and(above, near, out=above).view(np.uint8)
         # Close gaps left by texture on the object (wood grain, weave, the sheen on rubber); the
-        # smooth cue is coarse, so its gaps are wider.
-        closing = 2 * self._texture_kernel() + 1 if cue == "smooth" else 3
-        mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE,
-                                cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (closing, closing)))
+        # smooth cue is coarse (a texture window at full resolution), so its gaps are wider.
+        closing = scale * k + 1 if cue == "smooth" else 3
+        mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, _element(cv2.MORPH_ELLIPSE, closing))
         if cue == "smooth":
             # A texture window on the edge sees the step from object to ore as texture, which moves
             # the half-contrast line about a pixel inwards.
-            mask = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))) & near
+            mask = cv2.dilate(mask, _element(cv2.MORPH_CROSS, 3)) & near
         area_px = int(cv2.countNonZero(mask))
         area_cm2 = area_px * px_cm2
         if area_px == 0 or area_cm2 < self.min_area_cm2:
             return None
         if cue != "smooth":
-            # Contrast of the region as outlined, on the half-resolution map the levels refer to.
-            inside_small = mask[::2, ::2] > 0
-            region = maps[cue_index][sy0:sy0 + inside_small.shape[0], sx0:sx0 + inside_small.shape[1]]
-            if np.any(inside_small):
-                contrast = float(_median(region[inside_small]))
+            # Contrast of the region as outlined, on the search-resolution map the levels refer to.
+            inside_small = mask[scale * sy0 - Y0::scale, scale * sx0 - X0::scale].view(bool)  # 0 or 1
+            inside = maps[cue_index][sy0:sy0 + inside_small.shape[0], sx0:sx0 + inside_small.shape[1]][inside_small]
+            if inside.size:
+                contrast = float(_median(inside))
         contrast_ratio = contrast / strong_levels[cue_index]
         if self._score(contrast_ratio, area_cm2, 1.0, 1.0) < self.min_score:
             return None  # too weak even if perfectly sheet-like; spare the shape measurements
 
-        m = cv2.moments(mask, binaryImage=True)
-        cx = X0 + m["m10"] / m["m00"] + 0.5
-        cy = Y0 + m["m01"] / m["m00"] + 0.5
         contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-        points = np.concatenate(contours)
-        hull = cv2.convexHull(points)
+        hull = cv2.convexHull(np.concatenate(contours))
         # Contours run through pixel centres; half a pixel of perimeter restores the pixel-count scale.
         hull_px = cv2.contourArea(hull) + 0.5 * cv2.arcLength(hull, True) + 1.0
-        (_, _), (rect_w, rect_h), _ = cv2.minAreaRect(points)
+        (_, _), (rect_w, rect_h), _ = cv2.minAreaRect(hull)
         solidity = min(1.0, area_px / hull_px)
         rectangularity = min(1.0, area_px / ((rect_w + 1.0) * (rect_h + 1.0)))
-        bx, by, bw, bh = cv2.boundingRect(points)
-
-        mean_bgr = np.asarray(cv2.mean(crop, mask=mask)[:3], dtype=np.float32) / 255.0
-        lab = cv2.cvtColor(mean_bgr.reshape(1, 1, 3), cv2.COLOR_BGR2Lab)[0, 0]
-        texture_ratio = math.exp(float(np.mean(residual[y:y + h, x:x + w][component])))
         score = self._score(contrast_ratio, area_cm2, solidity, rectangularity)
         if score < self.min_score:
             return None
+
+        m = cv2.moments(mask, binaryImage=True)
+        cx = X0 + m["m10"] / m["m00"] + 0.5
+        cy = Y0 + m["m01"] / m["m00"] + 0.5
+        bx, by, bw, bh = cv2.boundingRect(hull)
+        mean_bgr = np.asarray(cv2.mean(crop, mask=mask)[:3], dtype=np.float32) / 255.0
+        lab = cv2.cvtColor(mean_bgr.reshape(1, 1, 3), cv2.COLOR_BGR2Lab)[0, 0]
         m_per_px = self.pixel_size_mm / 1000.0
         return Detection(
             area_cm2=area_cm2, bbox_px=(X0 + bx, Y0 + by, bw, bh), centre_px=(cx, cy),
@@ -692,20 +734,25 @@ class ObjectDetector:
             solidity=solidity, rectangularity=rectangularity)
 
     def _score(self, contrast_ratio: float, area_cm2: float, solidity: float, rectangularity: float) -> float:
-        """Alarm score 0-1 of a region; 0.5 is the suggested alarm level.
-
-        contrast_ratio is the region's median deviation over its cue's strong level. The evidence
-        adds contrast, log size and shape: a strong level of contrast counts as much as a factor
-        14 in area, and sheets are solid and rectangular where ore patches are ragged. Contrast
-        alone cannot tell a small piece of wood from an oversize goethite lump, so size weighs in.
-        """
-        shape = 0.5 * (solidity + rectangularity)
-        evidence = (_SCORE_CONTRAST * (contrast_ratio - 1.0) + _SCORE_AREA * math.log(area_cm2 / _SCORE_AREA_CM2)
-                    + _SCORE_SHAPE * (shape - 0.75))
-        return 1.0 / (1.0 + math.exp(min(50.0, -_SCORE_SLOPE * (evidence - _SCORE_LEVEL))))
+        """Alarm score 0-1 of a region (see _alarm_score); 0.5 is the suggested alarm level."""
+        return float(_alarm_score(contrast_ratio, area_cm2, solidity, rectangularity))
 
 
-# Weights of the alarm score's evidence (see ObjectDetector._score), set on 250 simulated ore
+def _alarm_score(contrast_ratio, area_cm2, solidity, rectangularity):
+    """Alarm score 0-1 of one region (floats) or of many (arrays, elementwise).
+
+    contrast_ratio is the region's median deviation over its cue's strong level. The evidence
+    adds contrast, log size and shape: a strong level of contrast counts as much as a factor
+    14 in area, and sheets are solid and rectangular where ore patches are ragged. Contrast
+    alone cannot tell a small piece of wood from an oversize goethite lump, so size weighs in.
+    """
+    shape = 0.5 * (solidity + rectangularity)
+    evidence = (_SCORE_CONTRAST * (contrast_ratio - 1.0) + _SCORE_AREA * np.log(area_cm2 / _SCORE_AREA_CM2)
+                + _SCORE_SHAPE * (shape - 0.75))
+    return 1.0 / (1.0 + np.exp(np.minimum(50.0, -_SCORE_SLOPE * (evidence - _SCORE_LEVEL))))
+
+
+# Weights of the alarm score's evidence (see _alarm_score), set on 250 simulated ore
 # frames and 250 single-object frames whose seeds the tests do not use: the level sits 0.3 above
 # the most object-like ore region seen (an oversize yellow goethite lump).
 _SCORE_CONTRAST = 4.0
@@ -714,6 +761,134 @@ _SCORE_AREA_CM2 = 4.0  # reference area of the size term, fixed so min_area_cm2 
 _SCORE_SHAPE = 3.0
 _SCORE_LEVEL = 4.35
 _SCORE_SLOPE = 1.0
+
+
+def _search_image(image: np.ndarray, levels: int) -> tuple[np.ndarray, np.ndarray]:
+    """The frame `levels` octaves down, and the image one octave above that (the frame itself for one level).
+
+    2x2 means go down to one octave above the search, then one Gaussian step: its 5x5 kernel is the
+    anti-aliasing the deviation maps rely on, and the 2x2 means before it average about as much noise as
+    Gaussian steps would, at a third of the cost on a full frame.
+    """
+    for _ in range(levels - 1):
+        image = _halve(image)
+    return cv2.pyrDown(image), image
+
+
+def _halve(image: np.ndarray) -> np.ndarray:
+    """2x2 means of an image (an odd last row or column dropped)."""
+    h, w = image.shape[:2]
+    return cv2.resize(image[:h - h % 2, :w - w % 2], (w // 2, h // 2), interpolation=cv2.INTER_AREA)
+
+
+def _block_moments(finer: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Mean luma and mean squared luma (float32) of the 2x2 blocks of a BGR image, as arrays of `shape` (the
+    pyrDown size: an odd last row or column repeats the one before)."""
+    luma = cv2.cvtColor(finer, cv2.COLOR_BGR2GRAY).astype(np.float32)
+    moments = [_halve(luma), _halve(np.square(luma))]
+    short_h, short_w = shape[0] - moments[0].shape[0], shape[1] - moments[0].shape[1]
+    if short_h or short_w:
+        moments = [cv2.copyMakeBorder(m, 0, short_h, 0, short_w, cv2.BORDER_REPLICATE) for m in moments]
+    return moments[0], moments[1]
+
+
+class CandidateRegions(NamedTuple):
+    """Per candidate component of the search: its label, cue index, median deviation in that cue (its
+    contrast), the median of its pixels above the cue's strong level (its core contrast, at least the
+    contrast), the median of its pixels above the outline level (half the core contrast, at least the weak
+    level) and its mean log texture residual."""
+
+    label: np.ndarray
+    cue: np.ndarray
+    contrast: np.ndarray
+    core_contrast: np.ndarray
+    outline_contrast: np.ndarray
+    mean_residual: np.ndarray
+
+
+def _candidate_regions(labels: np.ndarray, weak: np.ndarray, strong: np.ndarray, maps: tuple[np.ndarray, ...],
+                       residual: np.ndarray, areas: np.ndarray, min_px: float,
+                       levels: tuple[tuple[float, float, float], tuple[float, float, float]]) -> CandidateRegions:
+    """The components of `labels` (of the 0/1 or boolean mask `weak`) that reach the `strong` mask somewhere and
+    have at least min_px pixels, measured all at once: sorting their pixels by component replaces a Python loop
+    over hundreds of small ore patches. `levels` are the weak and the strong level of each cue.
+
+    A region's cue is the map whose median over the region stands out most against its strong level. A weak
+    outline can join an object to ore that deviates a little; the pixels above the strong level are the
+    object's, and their median is its core contrast.
+    """
+    flat_labels = labels.ravel()
+    reaches_strong = np.zeros(len(areas), dtype=bool)
+    reaches_strong[flat_labels[np.flatnonzero(strong)]] = True
+    reaches_strong[0] = False
+    keep = reaches_strong & (areas >= min_px)
+    ids = np.flatnonzero(keep)
+    if ids.size == 0:
+        empty = np.zeros(0, dtype=np.float32)
+        return CandidateRegions(ids, ids, empty, empty, empty, empty)
+    # A few percent of the search image is labelled; np.flatnonzero is quick on booleans only.
+    labelled = np.flatnonzero(weak.view(bool))
+    pixels = labelled[keep[flat_labels[labelled]]]
+    region_of_label = np.zeros(len(areas), dtype=np.intp)
+    region_of_label[ids] = np.arange(ids.size)
+    region = region_of_label[flat_labels[pixels]]
+    by_region = np.argsort(region, kind="stable")  # each region's pixels together, for _group_medians
+    pixels, region = pixels[by_region], region[by_region]
+    values = np.stack([m.ravel()[pixels] for m in maps])
+    medians = _group_medians(values, region, ids.size).T
+    weak_levels, strong_levels = (np.asarray(v, dtype=np.float32) for v in levels)
+    cue = np.argmax(medians / strong_levels, axis=1)
+    contrast = medians[np.arange(ids.size), cue]
+    pixel_cue = cue[region]
+    cue_values = np.choose(pixel_cue, values)
+    above = cue_values > strong_levels[pixel_cue]
+    core = _group_medians(cue_values[above], region[above], ids.size)
+    core_contrast = np.where(np.isnan(core), contrast, np.fmax(contrast, core))
+    outline_level = np.maximum(weak_levels[cue], 0.5 * core_contrast)
+    inside = cue_values > outline_level[region]
+    outlined = _group_medians(cue_values[inside], region[inside], ids.size)
+    outline_contrast = np.where(np.isnan(outlined), contrast, outlined)
+    mean_residual = (np.bincount(region, weights=residual.ravel()[pixels], minlength=ids.size)
+                     / np.bincount(region, minlength=ids.size))
+    return CandidateRegions(ids, cue, contrast, core_contrast, outline_contrast, mean_residual)
+
+
+def _best_contrast(regions: CandidateRegions) -> np.ndarray:
+    """The highest contrast each region's outline can show. A smooth region keeps its own. A bright or colour
+    one is measured again on the search map over its full-resolution outline: on 2,600 simulated frames that
+    came out at most the core contrast times 1.22 and the outline contrast times 1.18; the lower of core and
+    1.25 times outline contrast, with the area's margin (_best_area_px), kept every region that scored."""
+    return np.where(regions.cue == 2, regions.contrast,
+                    np.minimum(regions.core_contrast, 1.25 * regions.outline_contrast))
+
+
+def _best_area_px(regions: CandidateRegions, areas: np.ndarray) -> np.ndarray:
+    """The largest full-resolution outline of each region, in search pixels: on those frames bright and colour
+    outlines came out up to 1.2 times the component, smooth ones up to 3.5 times."""
+    return np.where(regions.cue == 2, 4.0, 1.5) * areas[regions.label]
+
+
+def _group_medians(values: np.ndarray, group: np.ndarray, n_groups: int, large: int = 256) -> np.ndarray:
+    """Median along the last axis of values in each group 0..n_groups-1 (the upper one for an even count, as
+    _median), NaN for an empty group; `group` is sorted. Groups of more than `large` values (the few objects'
+    components) are partitioned one by one; the many small ones are sorted together as rows of one array padded
+    with +inf."""
+    counts = np.bincount(group, minlength=n_groups)
+    starts = np.cumsum(counts) - counts
+    medians = np.full(values.shape[:-1] + (n_groups,), np.nan, dtype=values.dtype)
+    for g in np.flatnonzero(counts > large):
+        medians[..., g] = _median(values[..., starts[g]:starts[g] + counts[g]])
+    small = np.flatnonzero((counts > 0) & (counts <= large))
+    if small.size:
+        in_small = counts[group] <= large
+        values, group = values[..., in_small], group[in_small]
+        counts = np.bincount(group, minlength=n_groups)
+        starts = np.cumsum(counts) - counts
+        rows = np.full(values.shape[:-1] + (n_groups, counts.max()), np.inf, dtype=values.dtype)
+        rows[..., group, np.arange(len(group)) - starts[group]] = values
+        rows.sort(axis=-1)
+        medians[..., small] = rows[..., small, counts[small] // 2]
+    return medians
 
 
 def _expected_by_level(level: np.ndarray, value: np.ndarray) -> np.ndarray:
@@ -728,6 +903,27 @@ def _expected_by_level(level: np.ndarray, value: np.ndarray) -> np.ndarray:
     centres = np.arange(64) * 4 + 1.5
     table = np.interp(np.arange(256), centres[filled], sums[filled] / counts[filled])
     return table.astype(np.float32)
+
+
+@functools.lru_cache(maxsize=64)
+def _element(shape: int, size: int) -> np.ndarray:
+    """cv2.getStructuringElement(shape, (size, size)), made once per shape and size."""
+    return cv2.getStructuringElement(shape, (size, size))
+
+
+@functools.lru_cache(maxsize=16)
+def _squared_z_table(median: float, sigma: float) -> np.ndarray:
+    """256-entry float32 table of ((v - median) / sigma) ** 2 over 8-bit values v (made once per frame's ore)."""
+    z = (np.arange(256, dtype=np.float32) - np.float32(median)) * np.float32(1.0 / sigma)
+    return z * z
+
+
+def _z_score(channel: np.ndarray, median: float, sigma: float) -> np.ndarray:
+    """(channel - median) / sigma of an 8-bit channel, as float32."""
+    z = channel.astype(np.float32)
+    z -= median
+    z *= 1.0 / sigma
+    return z
 
 
 def _median(values: np.ndarray) -> np.ndarray | float:

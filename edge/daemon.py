@@ -12,6 +12,8 @@ import threading
 import time
 from typing import Callable
 
+import cv2
+
 from edge.instruments import InstrumentReader
 from edge.lane import LaneCore
 from orelane.config import LaneConfig, SiteConfig
@@ -63,6 +65,7 @@ class LaneDaemon:
 
     def run(self, stop: threading.Event) -> None:
         """Work until `stop` is set; a bad message or a failing device never ends the loop."""
+        cv2.setNumThreads(1)  # the camera detector runs on this one worker thread, without an OpenCV pool beside it
         self.mqtt.start()
         poll_s = self.lane.belt_poll_interval_s
         next_poll = next_status = 0.0

@@ -27,6 +27,7 @@ from edge.camera import (
     ObjectDetector,
     SceneObject,
     SimulatedCamera,
+    _group_medians,
     decode_jpeg,
     encode_jpeg,
     frame_exposure,
@@ -141,6 +142,38 @@ def test_several_objects_in_one_frame_are_each_found(detector):
         assert found is not None, truth.object.material
         assert found.area_cm2 == pytest.approx(truth.visible_area_cm2, rel=AREA_TOLERANCE)
     assert [d.score for d in detections] == sorted((d.score for d in detections), reverse=True)
+
+
+@pytest.mark.parametrize("material", ["wood", "rubber"])
+def test_fine_frames_are_searched_at_quarter_resolution_and_outlined_at_full(material):
+    # 1280x1024 at 1.25 mm (the bench's frames): the search runs on 5 mm pixels, two octaves down.
+    detector = ObjectDetector(1.25)
+    assert detector.search_levels == 2 and ObjectDetector(PIXEL_SIZE_MM).search_levels == 1
+    for seed in range(21, 24):
+        obj = SceneObject(material, 0.7, 0.6, 0.10, 0.15, 25.0)
+        camera = SimulatedCamera(1280, 1024, 1.25, rng=np.random.default_rng(seed), occlusion=0.0)
+        jpeg, (truth,) = camera.frame([obj])
+        found = alarm_near(detector.detect(decode_jpeg(jpeg)), truth.across_m, truth.along_m_offset, 0.05)
+        assert found is not None, f"seed {seed}"
+        assert found.area_cm2 == pytest.approx(truth.visible_area_cm2, rel=AREA_TOLERANCE), f"seed {seed}"
+        assert math.hypot(found.across_m - truth.across_m,
+                          found.along_m_offset - truth.along_m_offset) < CENTRE_TOLERANCE_M, f"seed {seed}"
+
+
+def test_candidate_medians_are_each_components_median():
+    # The candidate stage takes the medians of all components at once (small ones sorted together, large ones
+    # partitioned one by one); each must be the upper median of its own values, as _median gives.
+    rng = np.random.default_rng(3)
+    values = rng.normal(0.0, 5.0, 4000).astype(np.float32)
+    values[rng.random(4000) < 0.3] = 2.0  # ties, as 8-bit data gives
+    group = rng.integers(0, 40, 4000)
+    group[:1500] = 7  # one object-sized component among small ore patches
+    group[group == 12] = 13  # and an empty one
+    group.sort()
+    medians = _group_medians(values, group, 41)
+    for g in range(41):
+        own = np.sort(values[group == g])
+        assert medians[g] == own[len(own) // 2] if len(own) else np.isnan(medians[g]), g
 
 
 @pytest.mark.parametrize("gain", [0.6, 1.5])
