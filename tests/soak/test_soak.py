@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import paho.mqtt.client as mqtt
+import pytest
 
 from edge.daemon import LaneDaemon
 from edge.simulated_lane import LaneWorld, Patch, SimulatedLane
@@ -87,12 +88,28 @@ port = {robot_port}
     return path
 
 
+_SPAWNED: list[subprocess.Popen] = []
+
+
+@pytest.fixture
+def no_stray_ingest():
+    """A failing assertion must not leave an ingest worker running after the test."""
+    yield
+    while _SPAWNED:
+        proc = _SPAWNED.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
 def spawn_ingest(config_path: Path, tmp_path: Path) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     log = open(tmp_path / "ingest.log", "ab")
-    return subprocess.Popen([sys.executable, "-m", "ingest", "run", "--config", str(config_path), "--client-id",
+    proc = subprocess.Popen([sys.executable, "-m", "ingest", "run", "--config", str(config_path), "--client-id",
                              "soak-ingest", "--buffer-dir", str(tmp_path / "buffer"), "--verbose"], cwd=REPO, env=env,
                             stdout=log, stderr=log)
+    _SPAWNED.append(proc)
+    return proc
 
 
 def publish_garbage(port: int, n: int) -> None:
@@ -113,7 +130,8 @@ def stored_values(vm, series: str) -> list[float]:
     return [v for row in rows for v in row["values"]]
 
 
-def test_whole_system_soak_with_faults_closes_its_accounting(durable_mosquitto, victoria_metrics_dedup, tmp_path):
+def test_whole_system_soak_with_faults_closes_its_accounting(durable_mosquitto, victoria_metrics_dedup, tmp_path,
+                                                             no_stray_ingest):
     broker, vm = durable_mosquitto, victoria_metrics_dedup
     clock = CompressedClock(FACTOR)
     run_real_s = SIM_MINUTES * 60.0 / FACTOR
