@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 
 ROBOT_POLL_S = 0.5
 MAX_HELD_SPECTRA = 5000  # spectra held while waiting for the dark and white references
+# Segments wait for spectra the daemon has yet to handle (queued in the broker or in the daemon's inbox) for up
+# to this long; past it they settle anyway, so a silent spectrometer cannot hold up camera and radiation evidence.
+SPECTRA_WAIT_S = 5.0
 SNR_ROWS = 64  # signal-to-noise is a health figure: a sample of each batch is enough
 STATE_CODES = {name: code for code, name in STATE_NAMES.items()}
 FAULT_CODES = {name: code for code, name in FAULT_NAMES.items()}
@@ -84,6 +87,7 @@ class LaneCore:
         self.reference_time_s: float | None = None
         self.lot: msg.Lot | None = None
         self._last_seq: int | None = None
+        self._spectra_until_s: float | None = None  # the latest spectrum timestamp handled
         self.radiation_alarm = False
         self.belt_link_up = False
         self.plc: PlcStatus | None = None
@@ -191,6 +195,9 @@ class LaneCore:
         self.counters.spectra_in += n
         seqs = batch.seq.astype(np.int64)
         times_s = batch.timestamp_ns.astype(np.float64) / 1e9
+        if n and batch.lane == self.lane.id:
+            newest = float(times_s.max())
+            self._spectra_until_s = newest if self._spectra_until_s is None else max(self._spectra_until_s, newest)
         self._count_gaps(seqs)
         self.saturated_fraction = instrument_health.saturated_fraction(np.asarray(batch.counts))
         reasons = batch.row_problems()
@@ -386,7 +393,7 @@ class LaneCore:
         position = self.tracker.position_at(now_s)
         if self.radiation_alarm:
             self.fuser.add_radiation_alarm(position)
-        for segment in self.fuser.settled(position):
+        for segment in self.fuser.settled(self._settle_position(now_s, position)):
             if self.lane.results == "segments":
                 self._publish("results/segments", msg.SegmentResult(
                     self.lane.id, self.model.version, now_s, segment.start_m, segment.end_m, segment.n_spectra,
@@ -399,6 +406,17 @@ class LaneCore:
             target = position - self.lane.cutter_distance_m + latest.speed_m_s * self.lane.robot_reaction_s
             self._request_cut("routine", target, latest.totalizer_t, None)
         self._drive_robot(position, latest.speed_m_s)
+
+    def _settle_position(self, now_s: float, position_m: float) -> float:
+        """How far along the belt the evidence has come: the newest spectrum handled, not the belt under the
+        sensors now. Spectra are handled some tenths of a second after they are taken (more while the daemon
+        searches a camera frame or catches up after a restart); a segment settled on the clock alone is handed
+        over with only its first few spectra, the rest refused as late, and one stray flag among so few opens
+        an event. Waits at most SPECTRA_WAIT_S for spectra that do not come."""
+        floor_m = self.tracker.position_at(now_s - SPECTRA_WAIT_S)
+        if self._spectra_until_s is None:
+            return floor_m
+        return max(floor_m, min(position_m, self.tracker.position_at(self._spectra_until_s)))
 
     def next_cut_due_s(self, now_s: float) -> float | None:
         """When the next pending cut falls due (clock seconds), extrapolated at the current belt speed."""
