@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from spectral import preprocess
-from spectral.chemometrics import ClassResiduals, PCAMonitor, PLSDA, softmax
+from spectral.chemometrics import ClassResiduals, PCAMonitor, PLSDA
 from spectral.fast import CompiledChain, Heads, Outputs
 from spectral.preprocess import Step
 
