@@ -12,6 +12,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
+def _most_voted_named(votes: Counter) -> str | None:
+    """The class with the most votes, leaving out 'unknown' (spectra no class explains); None when none."""
+    named = [(n, c) for c, n in votes.items() if c != "unknown"]
+    return max(named)[1] if named else None
+
+
 def _camera_map(score: float) -> float:
     return float(np.clip((score - 0.5) / 0.4, 0.0, 1.0))
 
@@ -62,9 +68,8 @@ class Segment:
 
     @property
     def likely_class(self) -> str:
-        """The most voted named class on the segment ("" when none); 'unknown' votes name nothing."""
-        named = [(n, c) for c, n in self.class_votes.items() if c != "unknown"]
-        return max(named)[1] if named else ""
+        """The most voted named class on the segment ("" when none)."""
+        return _most_voted_named(self.class_votes) or ""
 
 
 class SegmentFuser:
@@ -165,8 +170,7 @@ class Event:
     def likely_class(self) -> str:
         if self.radiation:
             return "radiation"
-        named = [(n, c) for c, n in self.class_votes.items() if c != "unknown"]
-        return max(named)[1] if named else "unknown"  # a named class beats spectra no class explains
+        return _most_voted_named(self.class_votes) or "unknown"  # a named class beats spectra no class explains
 
 
 @dataclass(frozen=True)

@@ -205,17 +205,18 @@ class SamplerDriver:
 
     def _synchronise(self, client: ModbusTcpClient) -> None:
         """Continue after the seq and heartbeat the PLC holds, so a restarted edge never repeats an old seq."""
-        held = SAMPLER_COMMAND.decode(self._read(client, 3, SAMPLER_COMMAND.start, SAMPLER_COMMAND.count))
+        held = self._command_block(client)
         status = self._read_status(client)
         self._last_seq = int(held["command_seq"]) or status.accepted_seq
         self._edge_heartbeat = int(held["edge_heartbeat"])
         log.info("sampler PLC %s: last command_seq %d, accepted_seq %d", self.endpoint, self._last_seq,
                  status.accepted_seq)
 
+    def _command_block(self, client: ModbusTcpClient) -> dict:
+        return SAMPLER_COMMAND.decode(self._read(client, 3, SAMPLER_COMMAND.start, SAMPLER_COMMAND.count))
+
     def _held_seq(self) -> int:
-        client = self._ensure_connected()
-        held = SAMPLER_COMMAND.decode(self._read(client, 3, SAMPLER_COMMAND.start, SAMPLER_COMMAND.count))
-        return int(held["command_seq"])
+        return int(self._command_block(self._ensure_connected())["command_seq"])
 
     def _drop_connection(self) -> None:
         if self._client is not None:

@@ -393,7 +393,7 @@ class SampleRegistry(DurableSqlite):
         with self._lock:
             self._current(self._db, sample_id)
             rows = self._db.execute("SELECT * FROM history WHERE sample_id = ? ORDER BY id", (sample_id,)).fetchall()
-        return [HistoryEntry(r["id"], r["sample_id"], r["status"], r["who"], r["at_s"], r["note"]) for r in rows]
+        return [_history_entry(r) for r in rows]
 
     def results(self, sample_id: int) -> list[LabResult]:
         with self._lock:
@@ -407,7 +407,7 @@ class SampleRegistry(DurableSqlite):
         with self._lock:
             rows = self._db.execute(f"SELECT * FROM history WHERE id > ? AND status IN ({marks}) ORDER BY id "
                                     f"LIMIT ?", (after_id, *statuses, limit)).fetchall()
-        return [HistoryEntry(r["id"], r["sample_id"], r["status"], r["who"], r["at_s"], r["note"]) for r in rows]
+        return [_history_entry(r) for r in rows]
 
     def counter(self, name: str) -> int:
         """A named counter (0 when never set), e.g. how far a feed has published the history."""
@@ -464,6 +464,10 @@ def _sample_row(r: sqlite3.Row) -> SampleRow:
         scores=json.loads(r["scores_json"]), likely_class=json.loads(r["class_json"]),
         model_version=json.loads(r["model_version_json"]), cup=r["cup"], seal=r["seal"], mass_kg=r["mass_kg"],
         created_s=r["created_s"], status=r["status"], command_seq=r["command_seq"])
+
+
+def _history_entry(r: sqlite3.Row) -> HistoryEntry:
+    return HistoryEntry(r["id"], r["sample_id"], r["status"], r["who"], r["at_s"], r["note"])
 
 
 def _lab_result(r: sqlite3.Row) -> LabResult:

@@ -232,13 +232,8 @@ class ClassResiduals:
     per_class: int
     limits: np.ndarray  # (classes,)
 
-    def class_q(self, q: np.ndarray, centred_projection: np.ndarray) -> np.ndarray:
-        n_classes = self.limits.size
-        proj = centred_projection.reshape(len(q), n_classes, self.per_class)
-        return q[:, None] - np.sum(proj ** 2, axis=2)
-
     def class_q_at(self, q: np.ndarray, centred_projection: np.ndarray, classes: np.ndarray) -> np.ndarray:
-        """class_q of one class per spectrum (classes: an index per row), without computing the others."""
+        """q - |(x - mean) @ directions_c|^2 for one class c per spectrum (classes: an index per row)."""
         cols = classes[:, None] * self.per_class + np.arange(self.per_class)
         proj = np.take_along_axis(centred_projection, cols, axis=1)
         return q - np.square(proj) @ np.ones(self.per_class)

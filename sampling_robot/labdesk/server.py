@@ -98,12 +98,11 @@ def serve(app: LabDeskApp, host: str = "127.0.0.1", port: int = 0) -> DeskServer
 # ---------------------------------------------------------------- command line
 
 
-def _registry_path(args) -> Path:
+def _registry_path(args, site) -> Path:
     if args.registry:
         return Path(args.registry)
-    if args.config:
-        from orelane.config import load
-        return load(args.config).data_dir / "samples.sqlite"
+    if site is not None:
+        return site.data_dir / "samples.sqlite"
     raise SystemExit("give --registry PATH (the samples.sqlite) or --config SITE.toml")
 
 
@@ -149,7 +148,11 @@ def main(argv: list[str] | None = None, *, stop: threading.Event | None = None) 
     """`orelane lab serve|add-user|passwd|activate|deactivate|users ...`; serve runs until SIGINT/SIGTERM
     (or until `stop` is set)."""
     args = build_parser().parse_args(argv)
-    registry_path = _registry_path(args)
+    site = None
+    if args.config:
+        from orelane.config import load
+        site = load(args.config)
+    registry_path = _registry_path(args, site)
     users_path = Path(args.users) if args.users else registry_path.with_name("labdesk.sqlite")
     if args.lab_command != "serve":
         return _manage_users(args, users_path)
@@ -175,11 +178,9 @@ def main(argv: list[str] | None = None, *, stop: threading.Event | None = None) 
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
     feed_thread, link = None, None
-    if args.config:
-        from orelane.config import load
+    if site is not None:
         from orelane.mqtt import MqttLink
         from sampling_robot.labdesk.feed import RecordFeed
-        site = load(args.config)
         link = MqttLink(site.mqtt, f"orelane-labdesk-{site.site_id}").start()
         feed_thread = threading.Thread(target=RecordFeed(registry, link, site.site_id).run, args=(stop,),
                                        name="labdesk-feed", daemon=True)
