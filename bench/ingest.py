@@ -108,7 +108,8 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
-def run_fast(workdir: Path, mqtt_port: int, vm_url: str, payloads: list[bytes], points: int, batch_size: int):
+def run_fast(workdir: Path, mqtt_port: int, vm_url: str, payloads: list[bytes], points: int, batch_size: int,
+             servers: dict[str, int]):
     from tests.servers import free_port
     site = "bench-fast"
     config = site_toml(workdir / "fast.toml", site, mqtt_port, vm_url, batch_size)
@@ -136,6 +137,8 @@ def run_fast(workdir: Path, mqtt_port: int, vm_url: str, payloads: list[bytes], 
             time.sleep(0.1)
     time.sleep(0.5)  # subscribed
     cpu_before = cpu_seconds(worker.pid)
+    servers_before = {name: cpu_seconds(pid) for name, pid in servers.items()}
+    publisher_before = time.process_time()
     started = publish_all(mqtt_port, site, payloads)
     while written() < points:
         if time.monotonic() - started > 600:
@@ -143,6 +146,9 @@ def run_fast(workdir: Path, mqtt_port: int, vm_url: str, payloads: list[bytes], 
         time.sleep(0.02)
     elapsed = time.monotonic() - started
     cpu = cpu_seconds(worker.pid) - cpu_before
+    others = {name: cpu_seconds(pid) - servers_before[name] for name, pid in servers.items()}
+    others["publisher"] = time.process_time() - publisher_before
+    print("  CPU seconds meanwhile: " + ", ".join(f"{name} {s:.2f}" for name, s in others.items()), flush=True)
     worker.terminate()
     worker.wait(30)
     return site, elapsed, cpu
@@ -264,7 +270,8 @@ def main(argv: list[str]) -> int:
         broker.start()
         vm.start()
         try:
-            site, fast_s, fast_cpu = run_fast(workdir, broker.port, vm.url, payloads, points, args.batch_size)
+            site, fast_s, fast_cpu = run_fast(workdir, broker.port, vm.url, payloads, points, args.batch_size,
+                                                 {"mosquitto": broker.pid, "victoria-metrics": vm.pid})
             fast_rate = points / fast_s
             lost, duplicated = count_in_vm(vm, site, points)
             print(f"ingest worker: {points} points in {fast_s:.2f} s = {fast_rate:,.0f} points/s; worker CPU "

@@ -885,8 +885,9 @@ class PointSource(Protocol):
 
 class EmbeddedSource:
     """The embedded store (ingest.store.EmbeddedStore, `orelane-points.sqlite`) read through its public
-    `points(measurement)`; the store reads a whole measurement at a time, which suits the sites and demos it
-    is made for (InfluxDB is the answer for months of spectra)."""
+    `points(measurement, start_ns, end_ns)`; the store reads the selection's time range page by page (its
+    other filters apply here), which suits the sites and demos it is made for (InfluxDB is the answer for
+    months of spectra)."""
 
     def __init__(self, path: str | Path):
         from ingest.store import EmbeddedStore  # the store is ingest's; only this source needs it
@@ -900,14 +901,17 @@ class EmbeddedSource:
         return f"embedded store {self.path}"
 
     def points(self, selection: Selection) -> list[Point]:
-        return [p for p in self._store.points(selection.measurement) if selection.matches(p)]
+        return [p for p in self._read(selection) if selection.matches(p)]
 
     def count_by(self, selection: Selection, field_name: str, tags: Sequence[str]) -> dict[tuple[str, ...], int]:
         counts: Counter = Counter()
-        for p in self._store.points(selection.measurement):
+        for p in self._read(selection):
             if selection.matches(p) and field_name in p.fields:
                 counts[tuple(p.tags.get(t, "") for t in tags)] += 1
         return dict(counts)
+
+    def _read(self, selection: Selection):
+        return self._store.points(selection.measurement, selection.start_ns, selection.end_ns)
 
     def close(self) -> None:
         self._store.close()

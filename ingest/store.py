@@ -23,7 +23,11 @@ CREATE TABLE IF NOT EXISTS points (
     fields TEXT NOT NULL,      -- fields as JSON
     PRIMARY KEY (measurement, series, time_ns)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS points_by_time ON points (time_ns, measurement, series);
 """
+
+
+_PAGE_ROWS = 50_000  # rows decoded per read of `points`
 
 
 class EmbeddedStore:
@@ -50,16 +54,37 @@ class EmbeddedStore:
                 raise
         return len(rows)
 
-    def points(self, measurement: str | None = None) -> Iterator[Point]:
-        sql = "SELECT measurement, series, time_ns, fields FROM points"
-        args: tuple = ()
+    def points(self, measurement: str | None = None, start_ns: int | None = None,
+               end_ns: int | None = None) -> Iterator[Point]:
+        """Points in time order, of one measurement or all, within [start_ns, end_ns] when given.
+
+        Rows are read a page at a time, so a report over one lot of a long-running
+        store neither decodes nor holds the rest of the file.
+        """
+        where, args = [], []
         if measurement is not None:
-            sql += " WHERE measurement = ?"
-            args = (measurement,)
-        with self._lock:
-            rows = self._db.execute(sql + " ORDER BY time_ns", args).fetchall()
-        for m, series, t, fields in rows:
-            yield Point(m, json.loads(series), json.loads(fields), t)
+            where.append("measurement = ?")
+            args.append(measurement)
+        if start_ns is not None:
+            where.append("time_ns >= ?")
+            args.append(int(start_ns))
+        if end_ns is not None:
+            where.append("time_ns <= ?")
+            args.append(int(end_ns))
+        after: tuple = ()  # the last row's (time_ns, measurement, series): pages continue after it
+        while True:
+            conditions = where + (["(time_ns, measurement, series) > (?, ?, ?)"] if after else [])
+            sql = ("SELECT measurement, series, time_ns, fields FROM points"
+                   + (" WHERE " + " AND ".join(conditions) if conditions else "")
+                   + " ORDER BY time_ns, measurement, series LIMIT ?")
+            with self._lock:
+                rows = self._db.execute(sql, (*args, *after, _PAGE_ROWS)).fetchall()
+            for m, series, t, fields in rows:
+                yield Point(m, json.loads(series), json.loads(fields), t)
+            if len(rows) < _PAGE_ROWS:
+                return
+            m, series, t, _ = rows[-1]
+            after = (t, m, series)
 
     def count(self, measurement: str) -> int:
         with self._lock:

@@ -171,6 +171,13 @@ class ServerProcess:
         return self._proc is not None and self._proc.poll() is None
 
     @property
+    def pid(self) -> int:
+        """The server's process id (for CPU accounting in benchmarks)."""
+        if self._proc is None:
+            raise ServerError(f"{self.name} is not started")
+        return self._proc.pid
+
+    @property
     def died(self) -> bool:
         """True when the process exited although nobody stopped it."""
         return self._proc is not None and self._proc.poll() is not None
