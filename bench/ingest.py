@@ -13,6 +13,10 @@ as fast as the broker takes them.
   write_api with default batching (WriteOptions(): 1000 points, 1 s flush), auto-ack. Timed from the first
   publish until write_api.close() has flushed everything.
 
+- Ceiling: the same points, encoded beforehand in the worker's batches, posted to VictoriaMetrics back to back
+  with no broker and no decoding: what the database takes on its own on this machine. The worker cannot go
+  faster than this; the CPU seconds of each server during the fast run show who spends the cores.
+
 Every point is then counted in VictoriaMetrics by seq, per series: lost = published and not stored, duplicated =
 stored more than once (VictoriaMetrics keeps a sample written twice twice unless told to deduplicate).
 The last line is: points_per_s=<N> speedup_vs_naive=<R> lost=<K> duplicated=<D>
@@ -218,6 +222,28 @@ def count_in_vm(vm, site: str, points: int) -> tuple[int, int]:
     return points - len(set(seen) & set(range(points))), len(seen) - len(set(seen))
 
 
+def database_ceiling(vm, payloads: list[bytes], batch_size: int) -> tuple[float, float]:
+    """Points per second the database takes on its own, and its CPU seconds: the same points, encoded
+    beforehand in the worker's batches, posted back to back by one writer (no broker, no decoding)."""
+    from ingest.influx import InfluxWriter
+    from ingest.lineprotocol import concat_results, encode_spectrum_results
+    from orelane.config import InfluxConfig
+    from orelane.contract import messages as m
+    results = [m.SpectrumResults.from_bytes(p) for p in payloads]
+    per_batch = max(1, batch_size // max(len(results[0]), 1))
+    bodies = [encode_spectrum_results("bench-ceiling", LANE, concat_results(results[i:i + per_batch])).body
+              for i in range(0, len(results), per_batch)]
+    writer = InfluxWriter(InfluxConfig(url=vm.url, org="orelane", bucket="orelane", token=None, timeout_s=30))
+    cpu_before, started = cpu_seconds(vm.pid), time.monotonic()
+    for body in bodies:
+        result = writer.post(body)
+        if result.status != 204:
+            raise SystemExit(f"the database refused a pre-encoded batch: {result.status_label} {result.reason}")
+    elapsed = time.monotonic() - started
+    writer.close()
+    return sum(map(len, results)) / elapsed, cpu_seconds(vm.pid) - cpu_before
+
+
 def encode_rate(payloads: list[bytes]) -> tuple[float, float]:
     """Points per second of the vectorised encoder and of the scalar path (points_for + encode), in this process."""
     from ingest.lineprotocol import encode, encode_spectrum_results
@@ -277,6 +303,9 @@ def main(argv: list[str]) -> int:
             print(f"ingest worker: {points} points in {fast_s:.2f} s = {fast_rate:,.0f} points/s; worker CPU "
                   f"{fast_cpu:.2f} s = {points / max(fast_cpu, 1e-9):,.0f} points per CPU-second; "
                   f"lost {lost}, duplicated {duplicated}", flush=True)
+            ceiling, ceiling_cpu = database_ceiling(vm, payloads, args.batch_size)
+            print(f"victoria-metrics alone (the same points pre-encoded, posted back to back): {ceiling:,.0f} "
+                  f"points/s, its CPU {ceiling_cpu:.2f} s for {points} points", flush=True)
             naive_site, naive_s, naive_cpu = run_naive(broker.port, vm.url, payloads[:args.naive_messages],
                                                        naive_points)
             naive_rate = naive_points / naive_s
