@@ -1,8 +1,9 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from spectral import model, synth
+from spectral import chemometrics, model, synth
 
 
 def test_train_synthetic_runs_quickly_and_names_classes(instrument):
@@ -31,3 +32,36 @@ def test_fast_scores_match_reference_decisions_on_thousands_of_spectra(instrumen
     np.testing.assert_allclose(fast.class_scores, exact.class_scores, atol=5e-3)
     assert fast.anomaly_score.dtype == np.float32 and fast.decision.dtype == np.uint8
     assert fast.class_scores.shape == (counts.shape[0], len(lane_model.class_names))
+
+
+# ---------------------------------------------------------------- false-alarm thresholds
+
+
+def _pareto_sample(shape: float, scale: float, n: int, rng) -> np.ndarray:
+    u = rng.random(n)
+    return -scale * np.log1p(-u) if shape == 0 else scale / shape * ((1 - u) ** -shape - 1)
+
+
+@pytest.mark.parametrize("shape", [0.0, 0.2, 0.4])
+def test_pareto_tail_fit_recovers_shape_and_scale(shape):
+    got_shape, got_scale = chemometrics.pareto_tail_fit(_pareto_sample(shape, 2.0, 20_000, np.random.default_rng(5)))
+    assert got_shape == pytest.approx(shape, abs=0.03)
+    assert got_scale == pytest.approx(2.0, rel=0.05)
+
+
+def test_pareto_tail_fit_keeps_the_shape_in_range():
+    light = np.random.default_rng(6).random(5000)  # uniform excess: shape -1, lighter than exponential
+    shape, scale = chemometrics.pareto_tail_fit(light)
+    assert shape == 0.0 and scale == pytest.approx(light.mean())
+    heavy = _pareto_sample(0.9, 1.0, 5000, np.random.default_rng(7))
+    assert chemometrics.pareto_tail_fit(heavy)[0] == chemometrics.PARETO_SHAPE_RANGE[1]
+
+
+def test_tail_fit_threshold_holds_its_rate_on_a_heavy_tail():
+    # Scores whose tail is heavier than exponential (Student t, 5 degrees of freedom): the threshold set
+    # from 20,000 must be exceeded by new scores at close to the target, not at several times it (an
+    # exponential tail fit gives 3.4e-4 here; this one 0.73e-4).
+    rng = np.random.default_rng(8)
+    threshold = chemometrics.threshold_for_false_alarm_rate(np.abs(rng.standard_t(5, 20_000)), 1e-4)
+    new = np.abs(rng.standard_t(5, 2_000_000))
+    assert 0.5e-4 <= np.mean(new > threshold) <= 1.6e-4
