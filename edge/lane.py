@@ -325,16 +325,27 @@ class LaneCore:
                  lot.declared_brand)
 
     def handle_deployment(self, dep: msg.ModelDeployment) -> None:
+        """Swap to the deployed model between two batches (no spectrum waits or is dropped), or keep the
+        current one and say why in a dead letter: unreadable, altered or unsigned file, a hash other than
+        the deployment's, or a wavelength range this lane's spectrometer does not cover."""
+        topic = self.topic("model/deploy")
         try:
             model = LaneModel.load(dep.uri)
         except ValueError as exc:
-            return self.dead_letter(self.topic("model/deploy"), f"model {dep.model_id} not deployed: {exc}")
+            return self.dead_letter(topic, f"model {dep.model_id} not deployed: {exc}; "
+                                           f"still scoring with {self.model.version}")
         if model.sha256() != dep.sha256:
-            return self.dead_letter(self.topic("model/deploy"),
-                                    f"model {dep.model_id} not deployed: sha256 {model.sha256()[:12]} of {dep.uri} "
-                                    f"differs from the deployment's {dep.sha256[:12]}")
-        self.model = model
-        log.info("lane %s: model %s deployed", self.lane.id, model.version)
+            return self.dead_letter(topic, f"model {dep.model_id} not deployed: sha256 {model.sha256()[:12]} of "
+                                           f"{dep.uri} differs from the deployment's {dep.sha256[:12]}; still "
+                                           f"scoring with {self.model.version}")
+        if self.reference_grid is not None:
+            try:
+                model.check_grid(self.reference_grid)
+            except ValueError as exc:
+                return self.dead_letter(topic, f"model {dep.model_id} not deployed: this lane's spectrometer "
+                                               f"does not fit it ({exc}); still scoring with {self.model.version}")
+        previous, self.model = self.model, model
+        log.info("lane %s: model %s deployed (was %s)", self.lane.id, model.version, previous.version)
 
     # ------------------------------------------------------------------ instruments and robot
     def on_belt_reading(self, now_s: float, reading: dict[str, float]) -> None:

@@ -86,6 +86,11 @@ def cmd_spectral(args) -> int:
     return workbench.main(args.rest)
 
 
+def cmd_model(args) -> int:
+    from edge import deploy
+    return deploy.main(args.rest)
+
+
 def cmd_mqtt_acl(args) -> int:
     from orelane import mosquitto_acl
     return mosquitto_acl.main([str(args.config)])
@@ -159,6 +164,11 @@ def build_parser() -> argparse.ArgumentParser:
     rs.set_defaults(func=cmd_robot_sim)
 
     _passthrough(sub, "spectral", "calibration workbench (fit, validate, report)", cmd_spectral)
+
+    mo = sub.add_parser("model", help="model files on the lanes")
+    mosub = mo.add_subparsers(dest="action", required=True)
+    _passthrough(mosub, "deploy", "deploy a model file to lanes and wait for their answer (rollback: deploy the "
+                                  "previous file)", cmd_model)
 
     mq = sub.add_parser("mqtt", help="broker set-up")
     mqsub = mq.add_subparsers(dest="action", required=True)

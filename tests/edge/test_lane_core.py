@@ -183,6 +183,22 @@ def test_model_deployment_swaps_the_model_only_when_its_hash_matches(lane_core, 
     assert core.model.version == new_model.version != before
 
 
+def test_model_deployment_is_refused_when_the_lanes_spectrometer_does_not_cover_its_grid(lane_core, tmp_path):
+    make, clock, published, plc = lane_core
+    core = make()  # references on the lane's 900-1700 nm grid
+    assert core.reference_grid is not None
+    longer = synth.Instrument(synth.wavelength_grid(224, 950.0, 1800.0))
+    other = train_synthetic(longer, np.random.default_rng(98), model_id="swir-v1")
+    path = other.save(tmp_path / "swir-v1.npz")
+    before = core.model.version
+    core.handle_message(core.topic("model/deploy"),
+                        msg.ModelDeployment(LANE, "swir-v1", "1", other.sha256(), str(path), clock[0]).to_json())
+    assert core.model.version == before
+    letter = [msg.DeadLetter.from_json(p) for leaf, p in published if leaf == "deadletter"][-1]
+    assert letter.topic == core.topic("model/deploy")
+    assert "does not fit" in letter.reason and f"still scoring with {before}" in letter.reason
+
+
 def test_spectra_before_the_references_are_held_and_judged_when_both_arrive(tmp_path, instrument, model):
     doc = {"site": {"id": "s"}, "lane": [{"id": LANE, "belt_scale": {"host": "127.0.0.1", "port": 1},
                                           "robot": {"host": "127.0.0.1", "port": 1}}]}
