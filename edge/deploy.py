@@ -63,8 +63,8 @@ def deploy(site: SiteConfig, model_path: Path, lanes: list[str], uri: str | None
     uri = uri or str(Path(model_path).resolve())
     subscriptions = [(topics.topic(site.site_id, lane, leaf), 0) for lane in lanes for leaf in ("status", "deadletter")]
     link = MqttLink(site.mqtt, client_id or f"{site.site_id}-engineer-deploy", subscriptions)
-    link.start(wait_s=10.0)
     try:
+        link.start(wait_s=10.0)
         started = time.monotonic()
         for lane in lanes:
             deployment = msg.ModelDeployment(lane, model.model_id, model.version, model.sha256(), uri, time.time())
