@@ -141,17 +141,32 @@ def threshold_for_false_alarm_rate(clean_raw_scores: np.ndarray, target_rate: fl
         dof = max(0.5, 2 * m ** 2 / v)
         fitted = m / dof * chi2_ppf(1 - target_rate, dof)
     else:
-        tail_share = 0.05
-        if target_rate >= tail_share:
+        if target_rate >= TAIL_SHARE:
             return empirical
-        u = float(np.quantile(s, 1 - tail_share))
-        shape, scale = pareto_tail_fit(s[s > u] - u)
-        ratio = tail_share / target_rate
+        u, shape, scale = pareto_tail(s)
+        ratio = TAIL_SHARE / target_rate
         fitted = u + (scale * np.log(ratio) if shape == 0.0 else scale / shape * (ratio ** shape - 1.0))
     return max(fitted, empirical) if s.size * target_rate >= 5 else fitted
 
 
+TAIL_SHARE = 0.05  # the top share of clean-ore scores the tail fit uses
 PARETO_SHAPE_RANGE = (0.0, 0.5)
+
+
+def pareto_tail(clean_raw_scores: np.ndarray) -> tuple[float, float, float]:
+    """Where the tail starts (the score TAIL_SHARE of clean ore exceeds), and the Pareto shape and scale
+    of the excesses over it."""
+    s = np.asarray(clean_raw_scores, dtype=np.float64)
+    s = s[np.isfinite(s)]
+    u = float(np.quantile(s, 1 - TAIL_SHARE))
+    return (u, *pareto_tail_fit(s[s > u] - u))
+
+
+def pareto_exceedance(scores: np.ndarray, u: float, shape: float, scale: float) -> np.ndarray:
+    """The false-alarm rate the fitted tail gives at each score (scores >= u)."""
+    excess = np.maximum(np.asarray(scores, dtype=np.float64) - u, 0.0) / scale
+    survival = np.exp(-excess) if shape == 0.0 else (1.0 + shape * excess) ** (-1.0 / shape)
+    return TAIL_SHARE * survival
 
 
 def pareto_tail_fit(excess: np.ndarray) -> tuple[float, float]:

@@ -65,3 +65,12 @@ def test_tail_fit_threshold_holds_its_rate_on_a_heavy_tail():
     threshold = chemometrics.threshold_for_false_alarm_rate(np.abs(rng.standard_t(5, 20_000)), 1e-4)
     new = np.abs(rng.standard_t(5, 2_000_000))
     assert 0.5e-4 <= np.mean(new > threshold) <= 1.6e-4
+
+
+@pytest.mark.parametrize("shape", [0.0, 0.3])
+def test_the_fitted_tail_gives_the_target_rate_at_the_threshold(shape):
+    scores = _pareto_sample(shape, 1.0, 50_000, np.random.default_rng(9))
+    threshold = chemometrics.threshold_for_false_alarm_rate(scores[:2000], 1e-4)  # beyond the 2,000 spectra
+    u, fitted_shape, scale = chemometrics.pareto_tail(scores[:2000])
+    assert chemometrics.pareto_exceedance(np.array([threshold]), u, fitted_shape, scale)[0] == pytest.approx(1e-4)
+    assert chemometrics.pareto_exceedance(np.array([u]), u, fitted_shape, scale)[0] == pytest.approx(0.05)

@@ -91,7 +91,7 @@ def test_report_is_written_with_its_pngs(tmp_path, calibration_set, cv_result):
     lod = {"fractions": [0.1, 0.3], "rates": {"plastic": [0.5, 1.0]}, "lod": {"plastic": 0.2}, "level": 0.95}
     page = write_report(tmp_path / "rep", calibration_set, m, cv_result, lod, 1e-3)
     text = page.read_text()
-    for png in ("mean_spectra.png", "loadings.png", "t2_q.png", "roc.png", "detection.png"):
+    for png in ("mean_spectra.png", "loadings.png", "t2_q.png", "roc.png", "detection.png", "false_alarm_tail.png"):
         assert png in text
         assert (tmp_path / "rep" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "rep" / "summary.json").exists()
