@@ -15,6 +15,7 @@ differs from the one on the engineer's machine.
 from __future__ import annotations
 
 import argparse
+import os
 import queue
 import sys
 import time
@@ -62,7 +63,8 @@ def deploy(site: SiteConfig, model_path: Path, lanes: list[str], uri: str | None
         raise ConfigError(f"{site.source}: no lane {', '.join(unknown)} in this site (lanes: {', '.join(known)})")
     uri = uri or str(Path(model_path).resolve())
     subscriptions = [(topics.topic(site.site_id, lane, leaf), 0) for lane in lanes for leaf in ("status", "deadletter")]
-    link = MqttLink(site.mqtt, client_id or f"{site.site_id}-engineer-deploy", subscriptions)
+    link = MqttLink(site.mqtt, client_id or f"{site.site_id}-engineer-deploy-{os.getpid()}", subscriptions,
+                    persistent=False)
     try:
         link.start(wait_s=10.0)
         started = time.monotonic()
@@ -110,7 +112,7 @@ def main(argv: list[str]) -> int:
     lanes.add_argument("--all-lanes", action="store_true", help="every lane of the site")
     p.add_argument("--uri", help="path of the model file on the edge hosts (default: this file's absolute path)")
     p.add_argument("--wait-s", type=float, default=30.0, help="how long to wait for the lanes' answers")
-    p.add_argument("--client-id", help="MQTT client id (default <site>-engineer-deploy)")
+    p.add_argument("--client-id", help="MQTT client id (default <site>-engineer-deploy-<pid>)")
     args = p.parse_args(argv)
     try:
         site = load(args.config)

@@ -91,6 +91,11 @@ def cmd_model(args) -> int:
     return deploy.main(args.rest)
 
 
+def cmd_status(args) -> int:
+    from orelane import status
+    return status.main(args.rest)
+
+
 def cmd_mqtt_acl(args) -> int:
     from orelane import mosquitto_acl
     return mosquitto_acl.main([str(args.config)])
@@ -164,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     rs.set_defaults(func=cmd_robot_sim)
 
     _passthrough(sub, "spectral", "calibration workbench (fit, validate, report)", cmd_spectral)
+
+    _passthrough(sub, "status", "every lane at a glance from their retained status (exit 0: all online, no alarm)",
+                 cmd_status)
 
     mo = sub.add_parser("model", help="model files on the lanes")
     mosub = mo.add_subparsers(dest="action", required=True)

@@ -50,8 +50,11 @@ class MqttLink:
 
     def __init__(self, cfg: MqttConfig, client_id: str, subscriptions: list[tuple[str, int]] = (),
                  will: Will | None = None, birth: tuple[str, bytes] | None = None,
-                 manual_ack: bool = False, inbox_limit: int = 0):
+                 manual_ack: bool = False, inbox_limit: int = 0, persistent: bool = True):
+        """persistent=False is for one-shot tools (status, deploy): a clean session the broker forgets at
+        disconnect, so no session and no queued messages are left behind for a client id never seen again."""
         self.cfg, self.client_id = cfg, client_id
+        self.persistent = persistent
         self.subscriptions = list(subscriptions)
         self.birth = birth
         self.protocol = protocol = cfg.protocol
@@ -68,7 +71,7 @@ class MqttLink:
         self._acked_first: set[int] = set()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
                                   protocol=mqtt.MQTTv5 if protocol == 5 else mqtt.MQTTv311,
-                                  clean_session=None if protocol == 5 else False, manual_ack=manual_ack)
+                                  clean_session=None if protocol == 5 else not persistent, manual_ack=manual_ack)
         if cfg.username:
             self.client.username_pw_set(cfg.username, cfg.password or None)
         if cfg.tls_ca_file is not None:
@@ -160,9 +163,9 @@ class MqttLink:
         props = None
         if self.protocol == 5:
             props = Properties(PacketTypes.CONNECT)
-            props.SessionExpiryInterval = SESSION_EXPIRY_S
-            self.client.connect_async(self.cfg.host, self.cfg.port, self.cfg.keepalive_s, clean_start=False,
-                                      properties=props)
+            props.SessionExpiryInterval = SESSION_EXPIRY_S if self.persistent else 0
+            self.client.connect_async(self.cfg.host, self.cfg.port, self.cfg.keepalive_s,
+                                      clean_start=not self.persistent, properties=props)
         else:
             self.client.connect_async(self.cfg.host, self.cfg.port, self.cfg.keepalive_s)
         self.client.loop_start()

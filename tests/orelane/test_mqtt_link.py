@@ -65,3 +65,25 @@ def test_a_message_not_acknowledged_before_stop_comes_to_the_next_run(durable_mo
         second.ack(message)
     second.stop()
     assert [m.payload for m in again] == [b"2"], "the broker redelivers exactly the unacknowledged message"
+
+
+def test_a_link_that_is_not_persistent_leaves_no_session_behind(mosquitto):
+    cfg = MqttConfig(mosquitto.host, mosquitto.port)
+    topic = "orelane/v1/s/lane-1/deadletter"
+    for persistent, expect_queued in ((True, True), (False, False)):
+        client_id = f"one-shot-{persistent}"
+        with MqttLink(cfg, client_id, [(topic, 1)], persistent=persistent) as first:
+            assert first.connected.wait(5)
+            time.sleep(0.3)  # subscribed
+        with MqttLink(cfg, "publisher", persistent=False) as pub:
+            assert pub.connected.wait(5)
+            pub.publish(topic, f"while {client_id} was away".encode(), qos=1)
+            assert pub.drain(5) == 0
+        with MqttLink(cfg, client_id, persistent=True) as again:  # resumes a session if the broker kept one
+            assert again.connected.wait(5)
+            got = []
+            try:
+                got.append(again.inbox.get(timeout=1.5).payload)
+            except queue.Empty:
+                pass
+        assert bool(got) is expect_queued, (persistent, got)
