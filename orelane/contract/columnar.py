@@ -112,7 +112,10 @@ def decode(payload: bytes | bytearray | memoryview, expected_kind: str | None = 
         if offset + nbytes > len(buf):
             raise ContractError(f"column {name!r} ({nbytes} bytes at offset {offset}) runs past the "
                                 f"{len(buf)}-byte payload")
-        arr = np.frombuffer(buf, dtype=dtype, count=count, offset=offset).reshape(shape)
+        try:
+            arr = np.frombuffer(buf, dtype=dtype, count=count, offset=offset).reshape(shape)
+        except ValueError as exc:  # an empty column declared with dimensions numpy cannot hold: (0, 2**30, 2**30)
+            raise ContractError(f"column {name!r} of shape {shape}: {exc}") from None
         columns[name] = arr
         offset += _pad8(nbytes)
     if offset != len(buf):
