@@ -98,6 +98,9 @@ class _Segment:
     # set when this segment hands its features to the next one:
     l_out: np.ndarray | None = None
     c_out: np.ndarray | None = None
+    # set on a last features segment without scaling steps: its input carries a trailing column of ones, and
+    # w_heads_t (read-outs x features + 1) gives the read-outs, offsets included, in one matrix product
+    w_heads_t: np.ndarray | None = None
 
 
 class CompiledChain:
@@ -208,11 +211,6 @@ class CompiledChain:
             norm_col = gcol(np.sum(lin * lin, axis=1))
             if ops or np.any(cst):  # the cross terms of |X L + A C|^2; none when the offsets are zero
                 norm_dot_cols = [col(lin @ c) for c in cst]
-        start = len(cols)
-        for j in range(hm.shape[1]):
-            col(lin @ hm[:, j])
-        close(head_cols=slice(start, start + hm.shape[1]), c_head=cst @ hm, norm_col=norm_col,
-              norm_dot_cols=norm_dot_cols, norm_known=ends_in_snv, c_final=cst, n_final=lin.shape[1])
         self._heads = heads
         self._sizes = heads.sizes()
         k, c, r, b = self._sizes
@@ -221,6 +219,15 @@ class CompiledChain:
         self._head_offset = np.concatenate([-mu_h[:k], heads.class_offset, -mu_h[k + c:k + c + r],
                                             heads.brand_offset, -mu_h[-1:]])
         self._mu2 = float(heads.mean @ heads.mean)
+        start = len(cols)
+        for j in range(hm.shape[1]):
+            col(lin @ hm[:, j])
+        seg = close(head_cols=slice(start, start + hm.shape[1]), c_head=cst @ hm, norm_col=norm_col,
+                    norm_dot_cols=norm_dot_cols, norm_known=ends_in_snv, c_final=cst, n_final=lin.shape[1])
+        if source == "features" and not ops and not norm_dot_cols and seg.w.dtype == np.float64:
+            seg.w_heads_t = np.ascontiguousarray(np.vstack([seg.w[:, seg.head_cols],
+                                                            seg.c_head[0] + self._head_offset]).T)
+            seg.g = np.vstack([seg.g, np.zeros((1, seg.g.shape[1]))])
 
     # ------------------------------------------------------------ run
     def run(self, counts: np.ndarray) -> Outputs:
@@ -251,6 +258,10 @@ class CompiledChain:
             if seg.source == "log" and i > 0:
                 np.maximum(x, seg.floor, out=x)
                 np.log10(x, out=x)
+            if seg.w_heads_t is not None:  # written straight into the read-out rows, no transposing pass
+                np.matmul(seg.w_heads_t, x.T, out=heads.T)
+                fnorm2[:] = np.square(x) @ seg.g[:, seg.norm_col]
+                return
             z = x @ seg.w
             sq = np.square(x) @ seg.g if seg.g.shape[1] else None
             if seg.ops:
@@ -260,13 +271,21 @@ class CompiledChain:
             else:  # no scaling step: A is the constant column alone and s is 1
                 a = s = None
             if seg.head_cols is None:
-                y = z[:, z.shape[1] - seg.l_out.shape[1]:]
-                if a is None:
-                    y = y + seg.c_out[0]  # float64 whatever z is
+                nf = seg.l_out.shape[1]
+                y = z[:, z.shape[1] - nf:]
+                nxt = self.segments[i + 1]
+                if nxt.w_heads_t is not None:  # features and the column of ones, float64
+                    x = np.empty((y.shape[0], nf + 1))
+                    x[:, nf] = 1.0
+                    y_out = x[:, :nf]
                 else:
-                    y = y.astype(np.float64) + a @ seg.c_out
-                    y /= s[:, None]
-                x = y.astype(self.segments[i + 1].w.dtype, copy=False)  # float64 into a features segment
+                    y_out = np.empty(y.shape)
+                if a is None:
+                    np.add(y, seg.c_out[0], out=y_out)  # float64 whatever z is
+                else:
+                    np.divide(y + a @ seg.c_out, s[:, None], out=y_out)
+                if nxt.w_heads_t is None:
+                    x = y_out.astype(nxt.w.dtype, copy=False)  # float64 into a narrow features segment
                 continue
             hz = z[:, seg.head_cols]
             if a is None:
