@@ -124,6 +124,9 @@ class CompiledChain:
             source, floor = "log", steps[0].floor
             self._dark_rows = np.tile(dark.astype(dtype), BLOCK_ROWS)  # the references repeated for a block
             self._floor_rows = np.tile((floor * (white - dark)).astype(dtype), BLOCK_ROWS)
+            # A count this high is above the floor in every band, float32 rounding included: a block whose
+            # smallest count reaches it skips the floor pass (a minimum over the raw counts costs a quarter).
+            self._counts_above_floor = float(np.max(dark + floor * (white - dark))) + 1.0
             lin, cst = -np.eye(self.n_bands), np.log10(white - dark)[None, :]
             steps = steps[1:]
         else:
@@ -252,7 +255,8 @@ class CompiledChain:
             # each; broadcasting one row makes numpy restart its inner loop for every spectrum (twice as slow).
             flat = x.reshape(-1)
             np.subtract(flat, self._dark_rows[:flat.size], out=flat)
-            np.maximum(flat, self._floor_rows[:flat.size], out=flat)
+            if counts.min() < self._counts_above_floor:
+                np.maximum(flat, self._floor_rows[:flat.size], out=flat)
             np.log10(x, out=x)
         for i, seg in enumerate(self.segments):
             if seg.source == "log" and i > 0:
