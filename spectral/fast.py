@@ -238,7 +238,8 @@ class CompiledChain:
         its rows of the head read-outs into one array, and the read-out runs once over the batch."""
         n = counts.shape[0]
         # One row per read-out (column-major per spectrum): the decision code then works on contiguous columns.
-        heads = np.empty((self._head_offset.size, n))
+        # Rows 8 values longer than the batch: rows a power of two apart would compete for the same cache sets.
+        heads = np.empty((self._head_offset.size, n + 8))[:, :n]
         fnorm2 = np.empty(n)
         degenerate = np.zeros(n, dtype=bool)
         work = np.empty((min(n, BLOCK_ROWS), self.n_bands), dtype=self.dtype)  # reused by every block

@@ -598,16 +598,16 @@ def train_synthetic(instrument, rng: np.random.Generator, n_clean: int = 1500, n
 def _softmax_and_best(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Row softmax and each row's best column (the first of equal maxima, as argmax); the best logit doubles
     as the overflow guard."""
-    if logits.flags.f_contiguous:  # columns lie in memory one after another: compare them whole
+    if logits.flags.c_contiguous:  # rows lie together (and a few rows are cheapest this way): argmax
+        best = logits.argmax(axis=1)
+        top = logits[np.arange(len(best)), best]
+    else:  # the fast path's logits are columns of its read-outs: compare whole columns
         top = logits[:, 0].copy()
         best = np.zeros(logits.shape[0], dtype=np.intp)
         for j in range(1, logits.shape[1]):
             column = logits[:, j]
             best[column > top] = j
             np.maximum(top, column, out=top)
-    else:  # rows lie together: argmax visits each row once
-        best = logits.argmax(axis=1)
-        top = logits[np.arange(len(best)), best]
     e = np.exp(logits - top[:, None])
     return e / (e @ np.ones(logits.shape[1]))[:, None], best
 
