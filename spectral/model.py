@@ -231,12 +231,11 @@ class LaneModel:
         named = anomalous & (best_score >= self.min_class_score) & (explain_ratio <= 1.0)
         bad = flags != 0
         decision = np.full(len(best), DECISION_CLEAN, dtype=np.uint8)
-        decision[anomalous] = DECISION_UNKNOWN
-        decision[named] = DECISION_CONTAMINANT
-        decision[bad] = DECISION_UNKNOWN
+        np.putmask(decision, anomalous, DECISION_UNKNOWN)
+        np.putmask(decision, named, DECISION_CONTAMINANT)
+        np.putmask(decision, bad, DECISION_UNKNOWN)
         class_index = np.full(len(best), NO_CLASS, dtype=np.uint8)
-        named_ok = named & ~bad
-        class_index[named_ok] = best[named_ok]
+        np.copyto(class_index, best, casting="unsafe", where=named & ~bad)
         brand_scores = _softmax_and_best(out.brand_logits)[0] if out.brand_logits.shape[1] else out.brand_logits
         result = Scores(_float32_rows(anomaly, bad, np.nan), _float32_rows(t2, bad, np.nan),
                         _float32_rows(q, bad, np.nan), _float32_rows(class_scores, bad, 0.0), class_index,
@@ -606,7 +605,7 @@ def _softmax_and_best(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         best = np.zeros(logits.shape[0], dtype=np.intp)
         for j in range(1, logits.shape[1]):
             column = logits[:, j]
-            best[column > top] = j
+            np.putmask(best, column > top, j)
             np.maximum(top, column, out=top)
     e = np.exp(logits - top[:, None])
     return e / (e @ np.ones(logits.shape[1]))[:, None], best
