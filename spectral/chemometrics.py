@@ -277,10 +277,13 @@ class ClassResiduals:
     limits: np.ndarray  # (classes,)
 
     def class_q_at(self, q: np.ndarray, centred_projection: np.ndarray, classes: np.ndarray) -> np.ndarray:
-        """q - |(x - mean) @ directions_c|^2 for one class c per spectrum (classes: an index per row)."""
-        cols = classes[:, None] * self.per_class + np.arange(self.per_class)
-        proj = np.take_along_axis(centred_projection, cols, axis=1)
-        return q - np.square(proj) @ np.ones(self.per_class)
+        """q - |(x - mean) @ directions_c|^2 for one class c per spectrum (classes: an index per row).
+
+        Every class's sum of squares comes out of one matrix product with a 0/1 matrix (adding zeros is exact),
+        then each row picks its own: cheaper than gathering the class's columns row by row."""
+        n_classes = self.limits.size
+        sums = np.square(centred_projection) @ np.repeat(np.eye(n_classes), self.per_class, axis=0)
+        return q - sums[np.arange(len(classes)), classes]
 
 
 def fit_class_residuals(monitor: PCAMonitor, features: np.ndarray, labels: np.ndarray, classes: tuple[str, ...],

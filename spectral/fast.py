@@ -16,7 +16,6 @@ Only numpy is imported here.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -99,6 +98,9 @@ class _Segment:
     # set when this segment hands its features to the next one:
     l_out: np.ndarray | None = None
     c_out: np.ndarray | None = None
+    # set on a last features segment without scaling steps: its input carries a trailing column of ones, and
+    # w_heads_t (read-outs x features + 1) gives the read-outs, offsets included, in one matrix product
+    w_heads_t: np.ndarray | None = None
 
 
 class CompiledChain:
@@ -120,8 +122,11 @@ class CompiledChain:
             # the reference correction is a subtraction before the log and a constant after it, and the minus
             # sign of log10(1/R) lives in L; three passes over the batch instead of five.
             source, floor = "log", steps[0].floor
-            self._dark32 = dark.astype(dtype)
-            self._floor_counts = (floor * (white - dark)).astype(dtype)
+            self._dark_rows = np.tile(dark.astype(dtype), BLOCK_ROWS)  # the references repeated for a block
+            self._floor_rows = np.tile((floor * (white - dark)).astype(dtype), BLOCK_ROWS)
+            # A count this high is above the floor in every band, float32 rounding included: a block whose
+            # smallest count reaches it skips the floor pass (a minimum over the raw counts costs a quarter).
+            self._counts_above_floor = float(np.max(dark + floor * (white - dark))) + 1.0
             lin, cst = -np.eye(self.n_bands), np.log10(white - dark)[None, :]
             steps = steps[1:]
         else:
@@ -159,6 +164,13 @@ class CompiledChain:
 
         ends_in_snv = False
         for i, step in enumerate(steps):
+            if step.kind == "center" and _band_mixing_follows(steps[i + 1:]):
+                # Centring is linear: folded into L it costs no column and no per-spectrum step. L stays
+                # diagonal-like only without it, and a band-mixing step after it ends that anyway.
+                centring = np.eye(lin.shape[1]) - 1.0 / lin.shape[1]
+                lin = lin @ centring
+                cst = cst @ centring
+                continue
             if step.kind == "linear":
                 lin = lin @ step.matrix
                 cst = cst @ step.matrix
@@ -200,95 +212,156 @@ class CompiledChain:
                 self._compile([], heads, "features", 0.0, np.eye(nf), np.zeros((1, nf)))
                 return
             norm_col = gcol(np.sum(lin * lin, axis=1))
-            norm_dot_cols = [col(lin @ c) for c in cst]
+            if ops or np.any(cst):  # the cross terms of |X L + A C|^2; none when the offsets are zero
+                norm_dot_cols = [col(lin @ c) for c in cst]
+        self._heads = heads
+        self._sizes = heads.sizes()
+        k, c, r, b = self._sizes
+        mu_h = heads.mean @ hm
+        # Added to f @ H: centres the PCA scores, residual projections and f.mu, and adds the logit offsets.
+        self._head_offset = np.concatenate([-mu_h[:k], heads.class_offset, -mu_h[k + c:k + c + r],
+                                            heads.brand_offset, -mu_h[-1:]])
+        self._mu2 = float(heads.mean @ heads.mean)
         start = len(cols)
         for j in range(hm.shape[1]):
             col(lin @ hm[:, j])
-        close(head_cols=slice(start, start + hm.shape[1]), c_head=cst @ hm, norm_col=norm_col,
-              norm_dot_cols=norm_dot_cols, norm_known=ends_in_snv, c_final=cst, n_final=lin.shape[1])
-        self._heads = heads
-        self._sizes = heads.sizes()
-        self._mu_h = heads.mean @ hm  # constants of (f - mu) read-outs
+        seg = close(head_cols=slice(start, start + hm.shape[1]), c_head=cst @ hm, norm_col=norm_col,
+                    norm_dot_cols=norm_dot_cols, norm_known=ends_in_snv, c_final=cst, n_final=lin.shape[1])
+        if source == "features" and not ops and not norm_dot_cols and seg.w.dtype == np.float64:
+            seg.w_heads_t = np.ascontiguousarray(np.vstack([seg.w[:, seg.head_cols],
+                                                            seg.c_head[0] + self._head_offset]).T)
+            seg.g = np.vstack([seg.g, np.zeros((1, seg.g.shape[1]))])
 
     # ------------------------------------------------------------ run
     def run(self, counts: np.ndarray) -> Outputs:
-        """Score in blocks of BLOCK_ROWS, so each pass over a block stays in the CPU cache."""
+        """Score in blocks of BLOCK_ROWS, so each pass over a block stays in the CPU cache; every block writes
+        its rows of the head read-outs into one array, and the read-out runs once over the batch."""
         n = counts.shape[0]
-        if n <= BLOCK_ROWS:
-            return self._run_block(counts)
-        parts = [self._run_block(counts[i:i + BLOCK_ROWS]) for i in range(0, n, BLOCK_ROWS)]
-        return Outputs(*(np.concatenate([getattr(p, f.name) for p in parts])
-                         for f in dataclasses.fields(Outputs)))
-
-    def _run_block(self, counts: np.ndarray) -> Outputs:
-        n = counts.shape[0]
-        x = np.empty(counts.shape, dtype=self.dtype)
-        np.copyto(x, counts, casting="unsafe")
-        if self._log_counts:  # subtracting in place after the copy is faster than a casting subtract
-            x -= self._dark32
-            np.maximum(x, self._floor_counts, out=x)
-            np.log10(x, out=x)
+        # One row per read-out (column-major per spectrum): the decision code then works on contiguous columns.
+        # Rows 8 values longer than the batch: rows a power of two apart would compete for the same cache sets.
+        heads = np.empty((self._head_offset.size, n + 8))[:, :n]
+        fnorm2 = np.empty(n)
         degenerate = np.zeros(n, dtype=bool)
+        work = np.empty((min(n, BLOCK_ROWS), self.n_bands), dtype=self.dtype)  # reused by every block
+        for i in range(0, n, BLOCK_ROWS):
+            j = min(i + BLOCK_ROWS, n)
+            self._run_block(counts[i:j], work[:j - i], heads[:, i:j].T, fnorm2[i:j], degenerate[i:j])
+        return self._read_out(heads, fnorm2, degenerate)
+
+    def _run_block(self, counts: np.ndarray, x: np.ndarray, heads: np.ndarray, fnorm2: np.ndarray,
+                   degenerate: np.ndarray) -> None:
+        np.copyto(x, counts, casting="unsafe")
+        if self._log_counts:
+            # Against a whole block of reference rows the subtraction and the floor are one long SIMD loop
+            # each; broadcasting one row makes numpy restart its inner loop for every spectrum (twice as slow).
+            flat = x.reshape(-1)
+            np.subtract(flat, self._dark_rows[:flat.size], out=flat)
+            if counts.min() < self._counts_above_floor:
+                np.maximum(flat, self._floor_rows[:flat.size], out=flat)
+            np.log10(x, out=x)
         for i, seg in enumerate(self.segments):
-            if seg.source == "log" and seg is not self.segments[0]:
+            if seg.source == "log" and i > 0:
                 np.maximum(x, seg.floor, out=x)
                 np.log10(x, out=x)
-            product = x @ seg.w if seg.w.shape[1] else np.zeros((n, 0), dtype=self.dtype)
-            z = product.astype(np.float64)
-            sq = (np.square(x) @ seg.g).astype(np.float64) if seg.g.shape[1] else None
-            a = np.ones((n, 1))
-            s = np.ones(n)
-            for op in seg.ops:
-                total = (z[:, op.col_sum] + a @ op.c_sum) / s
-                mean = total / op.n_bands
-                if op.kind == "center":
-                    a = np.hstack([a, -(s * mean)[:, None]])
-                elif op.kind == "snv":
-                    dots = z[:, op.col_dot]
-                    ss = sq[:, op.g_col] + 2 * _row_dot(a, dots) + _row_dot(a @ op.c_gram, a)
-                    var = ss / (s * s) / op.n_bands - mean * mean
-                    std = np.sqrt(np.maximum(var, 0.0))
-                    flat = ~(std > 1e-7 * (np.abs(mean) + 1e-30))
-                    degenerate |= flat
-                    factor = np.where(flat, 1.0, std)
-                    a = np.hstack([a, -(s * mean)[:, None]])
-                    s = s * factor
-                else:
-                    dot = (z[:, op.col_dot[0]] + a @ op.c_ref) / s
-                    slope = dot / op.rc_norm2
-                    intercept = mean - slope * op.ref_mean
-                    bad = ~(np.abs(slope) > 1e-12)
-                    degenerate |= bad
-                    a = np.hstack([a, -(s * intercept)[:, None]])
-                    s = s * np.where(bad, 1.0, slope)
+            if seg.w_heads_t is not None:  # written straight into the read-out rows, no transposing pass
+                np.matmul(seg.w_heads_t, x.T, out=heads.T)
+                fnorm2[:] = np.square(x) @ seg.g[:, seg.norm_col]
+                return
+            z = x @ seg.w
+            sq = np.square(x) @ seg.g if seg.g.shape[1] else None
+            if seg.ops:
+                z = z.astype(np.float64, copy=False)
+                sq = sq.astype(np.float64, copy=False) if sq is not None else None
+                a, s = self._scalings(seg, z, sq, degenerate)
+            else:  # no scaling step: A is the constant column alone and s is 1
+                a = s = None
             if seg.head_cols is None:
-                y = z[:, seg.w.shape[1] - seg.l_out.shape[1]:]
-                y += a @ seg.c_out
-                y /= s[:, None]
-                x = y.astype(self.segments[i + 1].w.dtype, copy=False)  # float64 into a features segment
+                nf = seg.l_out.shape[1]
+                y = z[:, z.shape[1] - nf:]
+                nxt = self.segments[i + 1]
+                if nxt.w_heads_t is not None:  # features and the column of ones, float64
+                    x = np.empty((y.shape[0], nf + 1))
+                    x[:, nf] = 1.0
+                    y_out = x[:, :nf]
+                else:
+                    y_out = np.empty(y.shape)
+                if a is None:
+                    np.add(y, seg.c_out[0], out=y_out)  # float64 whatever z is
+                else:
+                    np.divide(y + a @ seg.c_out, s[:, None], out=y_out)
+                if nxt.w_heads_t is None:
+                    x = y_out.astype(nxt.w.dtype, copy=False)  # float64 into a narrow features segment
                 continue
-            hf = (z[:, seg.head_cols] + a @ seg.c_head) / s[:, None]  # f @ H
+            hz = z[:, seg.head_cols]
+            if a is None:
+                np.add(hz, seg.c_head[0] + self._head_offset, out=heads)
+            else:
+                np.divide(hz + a @ seg.c_head, s[:, None], out=heads)
+                heads += self._head_offset
             if seg.norm_known:
-                fnorm2 = np.where(degenerate, 0.0, float(seg.n_final))
+                fnorm2[:] = np.where(degenerate, 0.0, float(seg.n_final))
+            elif a is None:
+                fnorm2[:] = sq[:, seg.norm_col]
+                if seg.norm_dot_cols:
+                    fnorm2 += 2 * z[:, seg.norm_dot_cols[0]] + float(seg.c_final[0] @ seg.c_final[0])
             else:
                 dots = z[:, seg.norm_dot_cols]
-                fnorm2 = (sq[:, seg.norm_col] + 2 * _row_dot(a, dots)
-                          + _row_dot(a @ (seg.c_final @ seg.c_final.T), a)) / (s * s)
-            return self._read_out(hf, fnorm2, degenerate)
+                np.divide(sq[:, seg.norm_col] + 2 * _row_dot(a, dots)
+                          + _row_dot(a @ (seg.c_final @ seg.c_final.T), a), s * s, out=fnorm2)
+            return
         raise AssertionError("compiled chain has no final segment")
 
-    def _read_out(self, hf, fnorm2, degenerate) -> Outputs:
+    def _scalings(self, seg: _Segment, z: np.ndarray, sq: np.ndarray | None,
+                  degenerate: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The per-spectrum offsets A and scales s of the segment's centring, SNV and MSC steps."""
+        n = z.shape[0]
+        a = np.ones((n, 1))
+        s = np.ones(n)
+        for op in seg.ops:
+            total = (z[:, op.col_sum] + a @ op.c_sum) / s
+            mean = total / op.n_bands
+            if op.kind == "center":
+                a = np.hstack([a, -(s * mean)[:, None]])
+            elif op.kind == "snv":
+                dots = z[:, op.col_dot]
+                ss = sq[:, op.g_col] + 2 * _row_dot(a, dots) + _row_dot(a @ op.c_gram, a)
+                var = ss / (s * s) / op.n_bands - mean * mean
+                std = np.sqrt(np.maximum(var, 0.0))
+                flat = ~(std > 1e-7 * (np.abs(mean) + 1e-30))
+                degenerate |= flat
+                factor = np.where(flat, 1.0, std)
+                a = np.hstack([a, -(s * mean)[:, None]])
+                s = s * factor
+            else:
+                dot = (z[:, op.col_dot[0]] + a @ op.c_ref) / s
+                slope = dot / op.rc_norm2
+                intercept = mean - slope * op.ref_mean
+                bad = ~(np.abs(slope) > 1e-12)
+                degenerate |= bad
+                a = np.hstack([a, -(s * intercept)[:, None]])
+                s = s * np.where(bad, 1.0, slope)
+        return a, s
+
+    def _read_out(self, heads, fnorm2, degenerate) -> Outputs:
+        """heads (read-outs x spectra) holds (f - mu) @ [components, residual directions, mu] and the logits
+        with their offsets."""
         k, c, r, b = self._sizes
-        centred = hf - self._mu_h  # (f - mu) @ H
-        scores = centred[:, :k]
-        fmu = centred[:, -1]  # (f - mu) . mu
-        mu2 = float(self._heads.mean @ self._heads.mean)
-        # |f - mu|^2 = |f|^2 - 2 f.mu + |mu|^2, and f.mu = (f - mu).mu + |mu|^2
-        q = fnorm2 - 2 * (fmu + mu2) + mu2 - _row_dot(scores, scores)
-        logits = hf[:, k:k + c] + self._heads.class_offset
-        resid = centred[:, k + c:k + c + r]
-        brand = hf[:, k + c + r:k + c + r + b] + self._heads.brand_offset
-        return Outputs(scores, np.maximum(q, 0.0), logits, resid, brand, degenerate)
+        scores = heads[:k].T
+        # |f - mu|^2 = |f|^2 - 2 (f - mu).mu - |mu|^2, and Q is what the PCA scores leave of it
+        q = fnorm2 - 2 * heads[-1] - self._mu2 - np.ones(k) @ np.square(heads[:k])
+        np.maximum(q, 0.0, out=q)
+        return Outputs(scores, q, heads[k:k + c].T, heads[k + c:k + c + r].T, heads[k + c + r:k + c + r + b].T,
+                       degenerate)
+
+
+def _band_mixing_follows(steps: list[Step]) -> bool:
+    """A linear step that mixes bands comes before the next step that needs diagonal-like L (absorbance, SNV)."""
+    for step in steps:
+        if step.kind in ("absorbance", "snv"):
+            return False
+        if step.kind == "linear" and not _diagonal_like(step.matrix):
+            return True
+    return False
 
 
 def _row_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -214,8 +214,8 @@ class LaneModel:
                        x @ h.brand_coef + h.brand_offset, degenerate)
 
     def _judge(self, out: Outputs, flags: np.ndarray, margins: bool = False) -> tuple[Scores, np.ndarray]:
-        # Row sums and maxima over the few classes are matrix products and argmax picks: numpy's reductions
-        # along a short axis cost several times more than the matrix product that made the numbers.
+        # Row sums and maxima over the few classes are matrix products and column-by-column passes: numpy's
+        # reductions along a short axis cost several times more than the matrix product that made the numbers.
         mon = self.monitor
         t2 = np.square(out.scores) @ (1.0 / mon.variances)
         q = out.q
@@ -230,16 +230,16 @@ class LaneModel:
         anomalous = anomaly > 1.0
         named = anomalous & (best_score >= self.min_class_score) & (explain_ratio <= 1.0)
         bad = flags != 0
-        decision = np.where(anomalous, np.where(named, DECISION_CONTAMINANT, DECISION_UNKNOWN), DECISION_CLEAN)
-        decision[bad] = DECISION_UNKNOWN
-        class_index = np.where(named & ~bad, best, NO_CLASS).astype(np.uint8)
+        decision = np.full(len(best), DECISION_CLEAN, dtype=np.uint8)
+        np.putmask(decision, anomalous, DECISION_UNKNOWN)
+        np.putmask(decision, named, DECISION_CONTAMINANT)
+        np.putmask(decision, bad, DECISION_UNKNOWN)
+        class_index = np.full(len(best), NO_CLASS, dtype=np.uint8)
+        np.copyto(class_index, best, casting="unsafe", where=named & ~bad)
         brand_scores = _softmax_and_best(out.brand_logits)[0] if out.brand_logits.shape[1] else out.brand_logits
-        nan = np.float32(np.nan)
-        result = Scores(np.where(bad, nan, anomaly).astype(np.float32), np.where(bad, nan, t2).astype(np.float32),
-                        np.where(bad, nan, q).astype(np.float32),
-                        np.where(bad[:, None], 0, class_scores).astype(np.float32), class_index,
-                        decision.astype(np.uint8), flags.astype(np.uint8),
-                        np.where(bad[:, None], 0, brand_scores).astype(np.float32))
+        result = Scores(_float32_rows(anomaly, bad, np.nan), _float32_rows(t2, bad, np.nan),
+                        _float32_rows(q, bad, np.nan), _float32_rows(class_scores, bad, 0.0), class_index,
+                        decision, flags.astype(np.uint8), _float32_rows(brand_scores, bad, 0.0))
         near = np.zeros(len(best), dtype=bool)
         if margins:
             near = np.abs(anomaly - 1.0) < GUARD_BAND
@@ -453,17 +453,12 @@ class LaneModel:
 
 
 def _overwrite(result: Scores, rows: np.ndarray, exact: Scores) -> Scores:
-    fields = {}
+    """The exact rows written into result's arrays, which _judge made for this call alone (no copies)."""
     for name in Scores.__dataclass_fields__:
         full = getattr(result, name)
-        part = getattr(exact, name)
-        if full is None:
-            fields[name] = None
-            continue
-        full = full.copy()
-        full[rows] = part
-        fields[name] = full
-    return Scores(**fields)
+        if full is not None:
+            full[rows] = getattr(exact, name)
+    return result
 
 
 def _json_bytes(obj) -> np.ndarray:
@@ -600,7 +595,24 @@ def train_synthetic(instrument, rng: np.random.Generator, n_clean: int = 1500, n
 
 
 def _softmax_and_best(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Row softmax and each row's best column; the best logit doubles as the overflow guard."""
-    best = logits.argmax(axis=1)
-    e = np.exp(logits - logits[np.arange(len(best)), best][:, None])
+    """Row softmax and each row's best column (the first of equal maxima, as argmax); the best logit doubles
+    as the overflow guard."""
+    if logits.flags.c_contiguous:  # rows lie together (and a few rows are cheapest this way): argmax
+        best = logits.argmax(axis=1)
+        top = logits[np.arange(len(best)), best]
+    else:  # the fast path's logits are columns of its read-outs: compare whole columns
+        top = logits[:, 0].copy()
+        best = np.zeros(logits.shape[0], dtype=np.intp)
+        for j in range(1, logits.shape[1]):
+            column = logits[:, j]
+            np.putmask(best, column > top, j)
+            np.maximum(top, column, out=top)
+    e = np.exp(logits - top[:, None])
     return e / (e @ np.ones(logits.shape[1]))[:, None], best
+
+
+def _float32_rows(values: np.ndarray, bad: np.ndarray, fill: float) -> np.ndarray:
+    """values as a C-ordered float32 array with the rows of unscorable spectra set to fill."""
+    out = values.astype(np.float32, order="C")
+    out[bad] = fill
+    return out

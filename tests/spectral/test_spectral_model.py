@@ -3,7 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from spectral import chemometrics, model, synth
+from spectral import chemometrics, model, preprocess, synth
+from spectral.preprocess import Step
 
 
 def test_train_synthetic_runs_quickly_and_names_classes(instrument):
@@ -74,3 +75,50 @@ def test_the_fitted_tail_gives_the_target_rate_at_the_threshold(shape):
     u, fitted_shape, scale = chemometrics.pareto_tail(scores[:2000])
     assert chemometrics.pareto_exceedance(np.array([threshold]), u, fitted_shape, scale)[0] == pytest.approx(1e-4)
     assert chemometrics.pareto_exceedance(np.array([u]), u, fitted_shape, scale)[0] == pytest.approx(0.05)
+
+
+def test_fast_path_floors_counts_at_or_below_dark_like_the_reference(instrument, lane_model, references):
+    """Blocks without such counts skip the floor pass; the block that has them must still floor them."""
+    from spectral.fast import BLOCK_ROWS
+
+    rng = np.random.default_rng(12)
+    counts = synth.lane_counts(instrument, synth.ore_reflectance(instrument.wavelengths_nm, 2 * BLOCK_ROWS + 10, rng),
+                               rng)
+    dark = np.asarray(references[0])
+    rows = [BLOCK_ROWS + 3, BLOCK_ROWS + 4, BLOCK_ROWS + 5]
+    counts[rows[0], 20:40] = 0
+    counts[rows[1], 60:70] = np.round(dark[60:70]).astype(counts.dtype)
+    counts[rows[2], 100:104] = np.round(dark[100:104] + 1).astype(counts.dtype)
+    fast = lane_model.score(counts, *references)
+    exact = lane_model.score_reference(counts, *references)
+    assert np.array_equal(fast.decision, exact.decision)
+    assert np.array_equal(fast.class_index, exact.class_index)
+    np.testing.assert_allclose(fast.anomaly_score, exact.anomaly_score, rtol=5e-3)
+
+
+@pytest.mark.parametrize("chain", ["snv", "msc", "center_savgol_center", "savgol_absorbance_center_dct"])
+def test_fast_path_matches_reference_on_other_chains(instrument, references, chain):
+    """The compiled chain folds centring, scaling steps and segments differently per chain; decisions stay exact."""
+    rng = np.random.default_rng(13)
+    w = instrument.wavelengths_nm
+    n = w.size
+    ore = synth.lane_counts(instrument, synth.ore_reflectance(w, 600, rng), rng)
+    parts, labels = [ore], ["ore"] * 600
+    for material in synth.CONTAMINANTS:
+        parts.append(synth.lane_counts(instrument, synth.mixed_reflectance(material, rng.uniform(0.05, 1, 80), w, 80,
+                                                                           rng), rng))
+        labels += [material] * 80
+    refl = preprocess.reflectance(np.vstack(parts), *references)
+    smooth = Step("linear", "savgol(11, 2)", matrix=preprocess.savgol_matrix(n, 11, 2))
+    steps = {"snv": [Step("snv", "snv")],
+             "msc": [Step("msc", "msc", reference=refl[:600].mean(axis=0))],
+             "center_savgol_center": [Step("center", "center"), smooth, Step("center", "center")],
+             "savgol_absorbance_center_dct": [smooth, *model.default_steps(n)]}[chain]
+    lane = model.fit_lane_model(refl, np.array(labels), w, steps=steps)
+    parts = [synth.ore_reflectance(w, 1500, rng)]
+    parts += [synth.mixed_reflectance(m, rng.uniform(0, 0.6, 200), w, 200, rng) for m in synth.CONTAMINANTS]
+    counts = synth.lane_counts(instrument, np.vstack(parts), rng)
+    fast = lane.score(counts, *references)
+    exact = lane.score_reference(counts, *references)
+    assert np.array_equal(fast.decision, exact.decision)
+    assert np.array_equal(fast.class_index, exact.class_index)
