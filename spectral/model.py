@@ -22,7 +22,7 @@ import numpy as np
 
 from spectral import preprocess
 from spectral.chemometrics import ClassResiduals, PCAMonitor, PLSDA
-from spectral.fast import CompiledChain, Heads, Outputs
+from spectral.fast import NARROW_FEATURES, CompiledChain, Heads, Outputs
 from spectral.preprocess import Step
 
 log = logging.getLogger(__name__)
@@ -162,14 +162,15 @@ class LaneModel:
 
     def score(self, counts: np.ndarray, dark: np.ndarray, white: np.ndarray,
               wavelengths_nm: np.ndarray | None = None) -> Scores:
-        """Fast batch scoring in float32 with folded linear steps; decisions match :meth:`score_reference`."""
+        """Fast batch scoring with folded linear steps (float32 where exact enough, see _fast_dtype); decisions
+        match :meth:`score_reference`."""
         counts, dark, white, flags = self._prepare(counts, dark, white, wavelengths_nm)
         key = dark.tobytes() + white.tobytes()
         chain = self._compiled.get(key)
         if chain is None:
             if len(self._compiled) >= 4:
                 self._compiled.clear()
-            chain = self._compiled[key] = CompiledChain(self.steps, self._heads, dark, white)
+            chain = self._compiled[key] = CompiledChain(self.steps, self._heads, dark, white, self._fast_dtype())
         out = chain.run(counts)
         flags[out.degenerate] |= FLAG_DEGENERATE
         result, near = self._judge(out, flags, margins=True)
@@ -178,6 +179,14 @@ class LaneModel:
             exact, _ = self._judge(self._reference_outputs(counts[rows], dark, white), flags[rows])
             result = _overwrite(result, rows, exact)
         return result
+
+    def _fast_dtype(self) -> type:
+        """float32 when the chain narrows the spectrum to a few features before the PCA (the default DCT
+        low-pass; those segments run in float64). A chain that keeps every band (absorbance alone, or then SNV
+        or centring) leaves Q as a small difference of sums over hundreds of bands, which float32 gets wrong
+        by up to 60 %; such chains run in float64, about twice as slow, so decisions stay those of the
+        reference path."""
+        return np.float32 if self._heads.mean.size <= NARROW_FEATURES else np.float64
 
     def score_reference(self, counts: np.ndarray, dark: np.ndarray, white: np.ndarray,
                         wavelengths_nm: np.ndarray | None = None) -> Scores:
