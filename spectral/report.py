@@ -23,6 +23,13 @@ def _plt():
     return plt
 
 
+def _save(plt, fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def plot_mean_spectra(ds: Dataset, path: Path) -> Path:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -36,10 +43,7 @@ def plot_mean_spectra(ds: Dataset, path: Path) -> Path:
     ax.set_ylabel("reflectance")
     ax.set_title("Mean spectra per class (band: +-1 SD)")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_loadings(model: LaneModel, path: Path) -> Path:
@@ -58,10 +62,7 @@ def plot_loadings(model: LaneModel, path: Path) -> Path:
     ax.set_ylabel("loading")
     ax.set_title("Clean-ore PCA loadings")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_t2_q(cv: CVResult, model: LaneModel, path: Path) -> Path:
@@ -88,10 +89,7 @@ def plot_t2_q(cv: CVResult, model: LaneModel, path: Path) -> Path:
     ax.set_ylabel("Q (squared residual)")
     ax.set_title("T2-Q plot, out-of-fold spectra")
     ax.legend(fontsize=7, markerscale=3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_roc(cv: CVResult, path: Path) -> tuple[Path, dict[str, float]]:
@@ -111,10 +109,7 @@ def plot_roc(cv: CVResult, path: Path) -> tuple[Path, dict[str, float]]:
     ax.set_ylabel("detection rate")
     ax.set_title("ROC of the anomaly score, out-of-fold (all area fractions)")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path, aucs
+    return _save(plt, fig, path), aucs
 
 
 def plot_false_alarm_tail(cv: CVResult, target_false_alarm_rate: float, path: Path) -> Path:
@@ -141,10 +136,7 @@ def plot_false_alarm_tail(cv: CVResult, target_false_alarm_rate: float, path: Pa
     ax.set_ylabel("share of clean ore above")
     ax.set_title("False-alarm rate against threshold")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_detection(lod: dict, path: Path) -> Path:
@@ -158,10 +150,7 @@ def plot_detection(lod: dict, path: Path) -> Path:
     ax.set_ylabel("detection rate at chosen threshold")
     ax.set_title("Detection against area fraction")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def _pct(x: float) -> str:
