@@ -15,8 +15,8 @@ Baseline ("numpy"): NumpyDetector below, the detector's steps one by one without
 1.25 mm), BGR to YCrCb (OpenCV's fixed-point coefficients), 3x3 median (sorting network), histogram median
 and MAD, box-filter texture (from 2x2 block moments of luma one octave above the search) and its
 expectation by brightness, the three deviation maps, weak and strong thresholds, 3x3 closing, connected
-components, the candidate regions' medians, and per region the same full-resolution outline, moments,
-convex hull, minimum-area rectangle and score. Connected-component labelling uses scipy.ndimage.label:
+components, the candidate regions' medians, and per region the same full-resolution outline, the luma of its
+rim against its inside, moments, convex hull, minimum-area rectangle and score. Connected-component labelling uses scipy.ndimage.label:
 labelling in pure NumPy needs a union-find loop in Python, which would measure the interpreter rather than
 the algorithm. The pure-NumPy parts of edge.camera (_median, _expected_by_level, _candidate_regions with
 the bounds _best_contrast and _best_area_px, _squared_z_table and the score _alarm_score) and the
@@ -177,10 +177,11 @@ def dilate(mask: np.ndarray, element: np.ndarray) -> np.ndarray:
     return out
 
 
-def erode(mask: np.ndarray, element: np.ndarray) -> np.ndarray:
-    """Binary erosion; outside the image counts as foreground (OpenCV's default border for erosion)."""
+def erode(mask: np.ndarray, element: np.ndarray, outside: bool = True) -> np.ndarray:
+    """Binary erosion; outside the image counts as foreground (OpenCV's default border for erosion) unless
+    `outside` is False."""
     r = element.shape[0] // 2
-    p = np.pad(mask, r, constant_values=True)
+    p = np.pad(mask, r, constant_values=outside)
     h, w = mask.shape
     out = np.ones_like(mask)
     for dy, dx in zip(*np.nonzero(element)):
@@ -391,6 +392,14 @@ class NumpyDetector:
         contrast_ratio = contrast / strong_levels[cue_index]
         if ref._score(contrast_ratio, area_cm2, 1.0, 1.0) < self.min_score:
             return None
+        rim_ratio = 1.0
+        if cue != "smooth":
+            # edge.camera.ObjectDetector._rim_ratio: the outline less its erosion by a square _RIM_MM wide.
+            rim_px = max(1, int(round(camera._RIM_MM / self.pixel_size_mm)))
+            inside = erode(mask, np.ones((2 * rim_px + 1, 2 * rim_px + 1), dtype=bool), outside=False)
+            if inside.any():
+                luma = ycc[..., 0]
+                rim_ratio = float(luma[mask & ~inside].mean()) / max(float(luma[inside].mean()), 1.0)
 
         # The hull of the outline is the hull of each row's first and last pixel centres.
         rows = np.flatnonzero(mask.any(axis=1))
@@ -409,7 +418,7 @@ class NumpyDetector:
         rect_w, rect_h = min_area_rect_size(hull)
         solidity = min(1.0, area_px / hull_px)
         rectangularity = min(1.0, area_px / ((rect_w + 1.0) * (rect_h + 1.0)))
-        score = ref._score(contrast_ratio, area_cm2, solidity, rectangularity)
+        score = ref._score(contrast_ratio, area_cm2, solidity, rectangularity, rim_ratio)
         if score < self.min_score:
             return None
 
@@ -426,7 +435,7 @@ class NumpyDetector:
             across_m=cx * m_per_px, along_m_offset=(cy - full_h / 2.0) * m_per_px, score=score, cue=cue,
             contrast_sigma=contrast, lightness=lightness, chroma=math.hypot(a, b),
             hue_deg=math.degrees(math.atan2(b, a)) % 360.0, texture_ratio=texture_ratio,
-            solidity=solidity, rectangularity=rectangularity)
+            solidity=solidity, rectangularity=rectangularity, rim_ratio=rim_ratio)
 
 
 # ------------------------------------------------------------------ the run
