@@ -10,17 +10,18 @@ because that is what the daemon hands the detector. Both paths run on the same d
 for about --seconds each (at least one pass over the frames). cv2.setNumThreads(1) and one BLAS thread make
 it a one-core figure.
 
-Baseline ("numpy"): NumpyDetector below, the detector's steps one by one without OpenCV: 2x2 means and one
-2x Gaussian pyramid step down to the search resolution (pixels of about 5 mm: a quarter of 1280x1024 at
-1.25 mm), BGR to YCrCb (OpenCV's fixed-point coefficients), 3x3 median (sorting network), histogram median
-and MAD, box-filter texture (from 2x2 block moments of luma one octave above the search) and its
-expectation by brightness, the three deviation maps, weak and strong thresholds, 3x3 closing, connected
-components, the candidate regions' medians, and per region the same full-resolution outline, the luma of its
-rim against its inside, moments, convex hull, minimum-area rectangle and score. Connected-component labelling uses scipy.ndimage.label:
-labelling in pure NumPy needs a union-find loop in Python, which would measure the interpreter rather than
-the algorithm. The pure-NumPy parts of edge.camera (_median, _expected_by_level, _candidate_regions with
-the bounds _best_contrast and _best_area_px, _squared_z_table and the score _alarm_score) and the
-detector's choice of pyramid levels and texture window are shared by both paths.
+Baseline ("numpy"): NumpyDetector below, the detector's steps one by one without OpenCV: 2x2 means and one 2x
+Gaussian pyramid step down to the search resolution (pixels of about 5 mm: a quarter of 1280x1024 at 1.25 mm),
+BGR to YCrCb (OpenCV's fixed-point coefficients), 3x3 median (sorting network), histogram median and MAD,
+box-filter texture (from 2x2 block moments of luma one octave above the search) and its expectation by
+brightness, the three deviation maps (the smooth one standardised by its own median and MAD), weak and strong
+thresholds, 3x3 closing, connected components, the candidate regions' medians, and per region the same
+full-resolution outline, the luma of its rim against its inside, moments, convex hull, minimum-area rectangle
+and score. Connected-component labelling uses scipy.ndimage.label: labelling in pure NumPy needs a union-find
+loop in Python, which would measure the interpreter rather than the algorithm. The pure-NumPy parts of
+edge.camera (_median, _expected_by_level, _candidate_regions with the bounds _best_contrast and _best_area_px,
+_squared_z_table and the score _alarm_score) and the detector's choice of pyramid levels and texture window
+are shared by both paths.
 
 The run prints how far the two paths agree (detections matched by centre, their areas and scores).
 The last line is:  frames_per_s=<N> speedup=<R>
@@ -336,6 +337,10 @@ class NumpyDetector:
             toward = z_cr * np.float32(to_grey[0] * weight) + z_cb * np.float32(to_grey[1] * weight)
             np.clip(toward, 0.0, norm / math.sqrt(2.0), out=toward)
             z_smooth += box_mean(toward, 3)
+        sample = z_smooth[::4, ::4].ravel()
+        smooth_centre = float(camera._median(sample))
+        smooth_sigma = max(1.4826 * float(camera._median(np.abs(sample - smooth_centre))), 0.05)
+        z_smooth = (z_smooth - np.float32(smooth_centre)) * np.float32(1.0 / smooth_sigma)
         model = camera.OreModel((mY, mCr, mCb), (sY, sCr, sCb), sig_log)
         return (z_bright, z_colour, z_smooth), residual, model
 
