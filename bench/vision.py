@@ -397,14 +397,6 @@ class NumpyDetector:
         contrast_ratio = contrast / strong_levels[cue_index]
         if ref._score(contrast_ratio, area_cm2, 1.0, 1.0) < self.min_score:
             return None
-        rim_ratio = 1.0
-        if cue != "smooth":
-            # edge.camera.ObjectDetector._rim_ratio: the outline less its erosion by a square _RIM_MM wide.
-            rim_px = max(1, int(round(camera._RIM_MM / self.pixel_size_mm)))
-            inside = erode(mask, np.ones((2 * rim_px + 1, 2 * rim_px + 1), dtype=bool), outside=False)
-            if inside.any():
-                luma = ycc[..., 0]
-                rim_ratio = float(luma[mask & ~inside].mean()) / max(float(luma[inside].mean()), 1.0)
 
         # The hull of the outline is the hull of each row's first and last pixel centres.
         rows = np.flatnonzero(mask.any(axis=1))
@@ -423,6 +415,17 @@ class NumpyDetector:
         rect_w, rect_h = min_area_rect_size(hull)
         solidity = min(1.0, area_px / hull_px)
         rectangularity = min(1.0, area_px / ((rect_w + 1.0) * (rect_h + 1.0)))
+        score = ref._score(contrast_ratio, area_cm2, solidity, rectangularity)
+        if score < self.min_score:
+            return None
+        rim_ratio = 1.0
+        if cue != "smooth":
+            # edge.camera.ObjectDetector._rim_ratio: the outline less its erosion by a square _RIM_MM wide.
+            rim_px = max(1, int(round(camera._RIM_MM / self.pixel_size_mm)))
+            inside = erode(mask, np.ones((2 * rim_px + 1, 2 * rim_px + 1), dtype=bool), outside=False)
+            if inside.any():
+                luma = ycc[..., 0]
+                rim_ratio = float(luma[mask & ~inside].mean()) / max(float(luma[inside].mean()), 1.0)
         score = ref._score(contrast_ratio, area_cm2, solidity, rectangularity, rim_ratio)
         if score < self.min_score:
             return None

@@ -481,7 +481,7 @@ class ObjectDetector:
     or smoother and greyer ("smooth": rubber, the hard case) than the ore by a
     weak level of robust sigmas; regions that reach the strong level somewhere
     and cover at least `min_area_cm2` are reported with a score that combines
-    contrast, size and shape.
+    contrast, size, shape and shading (a lump's rim is darker than its inside).
 
     The search runs on a pyramid level of about 5 mm pixels (half resolution
     at 2.5 mm/px, quarter at 1.25 mm/px); each region's outline is then found
@@ -717,7 +717,6 @@ class ObjectDetector:
         contrast_ratio = contrast / strong_levels[cue_index]
         if self._score(contrast_ratio, area_cm2, 1.0, 1.0) < self.min_score:
             return None  # too weak even if perfectly sheet-like; spare the shape measurements
-        rim_ratio = 1.0 if cue == "smooth" else self._rim_ratio(ycc[:, :, 0], mask)
 
         contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         hull = cv2.convexHull(np.concatenate(contours))
@@ -726,6 +725,10 @@ class ObjectDetector:
         (_, _), (rect_w, rect_h), _ = cv2.minAreaRect(hull)
         solidity = min(1.0, area_px / hull_px)
         rectangularity = min(1.0, area_px / ((rect_w + 1.0) * (rect_h + 1.0)))
+        score = self._score(contrast_ratio, area_cm2, solidity, rectangularity)
+        if score < self.min_score:
+            return None  # too weak even with a rim as bright as its inside; spare the rim measurement
+        rim_ratio = 1.0 if cue == "smooth" else self._rim_ratio(ycc[:, :, 0], mask)
         score = self._score(contrast_ratio, area_cm2, solidity, rectangularity, rim_ratio)
         if score < self.min_score:
             return None
@@ -784,11 +787,12 @@ _SCORE_AREA = 1.5
 _SCORE_AREA_CM2 = 4.0  # reference area of the size term, fixed so min_area_cm2 does not move scores
 _SCORE_SHAPE = 3.0
 # Rim darkening (see _alarm_score), set on 2,500 ore frames and 1,500 frames of one 3-12 cm object whose seeds
-# the tests do not use: the rims of the goethite lumps that scored 0.3 or more were 0.64-0.87 (median 0.73)
-# of their insides' luma, those of wood 0.80-0.96 (median 0.90), paper and plastic 0.9-1.0.
+# the tests do not use. Between the 5th and 95th percentile, the rims of the ore regions that scored 0.3 or
+# more (yellow goethite lumps, all of the colour cue) had 0.64-0.87 of their insides' luma (median 0.73),
+# those of wood 0.80-0.96 (median 0.90), of textile 0.77-0.99, of paper 0.90-1.03 and of plastic 0.77-1.06.
 _SCORE_RIM = 10.0
 _SCORE_RIM_FLAT = 0.85
-_RIM_MM = 5.0
+_RIM_MM = 5.0  # width of the rim measured inside an outline
 _SCORE_LEVEL = 4.35
 _SCORE_SLOPE = 1.0
 

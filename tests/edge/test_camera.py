@@ -10,8 +10,8 @@ and the size from which every object was found:
   rubber   from 10x15 cm (6x8: 25/30 two more over 30%, 5x6: 9/30 two more over, 4x4: none)
 Black, smooth rubber on dark ore is the camera's hard case; small pieces are left to NIR.
 Against issue 4's goal (bench/camera_rates.py: one object 5-30 cm a side, up to 10% of it under
-ore, on fresh seeds) objects of 5 cm and more were found in 995 of 1,000 frames (rubber 197/200),
-with 3 false objects in 5,000 frames of clean ore.
+ore, on fresh seeds) objects of 5 cm and more were found in 995 and 997 of 1,000 frames in two runs
+(rubber 197/200 in each), with 3 and 5 false objects in 5,000 frames of clean ore.
 The tests hold each material to the sizes found every time, and to a floor below the
 measured rate at the sizes found only mostly.
 """
@@ -203,8 +203,8 @@ def test_detection_reports_colour_and_shape_features(detector):
 
 
 def test_plain_ore_frames_raise_almost_no_alarms(detector):
-    # Measured: no detection at alarm level on these 500 seeds, 3 in 5,000 frames of other seeds
-    # (0.3 expected in 500), each a yellow ore region (colour cue) of 5-10 cm2. The bound is that
+    # Measured: no detection at alarm level on these 500 seeds, 8 in 10,000 frames of other seeds
+    # (0.4 expected in 500), each a yellow ore region (colour cue) of 5-10 cm2. The bound is that
     # rate with margin; a detector that does not see a lump's shaded rim raised 2 here (3.8 per 1,000).
     alarms = []
     for seed in range(500):
