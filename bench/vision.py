@@ -10,17 +10,18 @@ because that is what the daemon hands the detector. Both paths run on the same d
 for about --seconds each (at least one pass over the frames). cv2.setNumThreads(1) and one BLAS thread make
 it a one-core figure.
 
-Baseline ("numpy"): NumpyDetector below, the detector's steps one by one without OpenCV: 2x2 means and one
-2x Gaussian pyramid step down to the search resolution (pixels of about 5 mm: a quarter of 1280x1024 at
-1.25 mm), BGR to YCrCb (OpenCV's fixed-point coefficients), 3x3 median (sorting network), histogram median
-and MAD, box-filter texture (from 2x2 block moments of luma one octave above the search) and its
-expectation by brightness, the three deviation maps, weak and strong thresholds, 3x3 closing, connected
-components, the candidate regions' medians, and per region the same full-resolution outline, moments,
-convex hull, minimum-area rectangle and score. Connected-component labelling uses scipy.ndimage.label:
-labelling in pure NumPy needs a union-find loop in Python, which would measure the interpreter rather than
-the algorithm. The pure-NumPy parts of edge.camera (_median, _expected_by_level, _candidate_regions with
-the bounds _best_contrast and _best_area_px, _squared_z_table and the score _alarm_score) and the
-detector's choice of pyramid levels and texture window are shared by both paths.
+Baseline ("numpy"): NumpyDetector below, the detector's steps one by one without OpenCV: 2x2 means and one 2x
+Gaussian pyramid step down to the search resolution (pixels of about 5 mm: a quarter of 1280x1024 at 1.25 mm),
+BGR to YCrCb (OpenCV's fixed-point coefficients), 3x3 median (sorting network), histogram median and MAD,
+box-filter texture (from 2x2 block moments of luma one octave above the search) and its expectation by
+brightness, the three deviation maps (the smooth one standardised by its own median and MAD), weak and strong
+thresholds, 3x3 closing, connected components, the candidate regions' medians, and per region the same
+full-resolution outline, the luma of its rim against its inside, moments, convex hull, minimum-area rectangle
+and score. Connected-component labelling uses scipy.ndimage.label: labelling in pure NumPy needs a union-find
+loop in Python, which would measure the interpreter rather than the algorithm. The pure-NumPy parts of
+edge.camera (_median, _expected_by_level, _candidate_regions with the bounds _best_contrast and _best_area_px,
+_squared_z_table and the score _alarm_score) and the detector's choice of pyramid levels and texture window
+are shared by both paths.
 
 The run prints how far the two paths agree (detections matched by centre, their areas and scores).
 The last line is:  frames_per_s=<N> speedup=<R>
@@ -177,10 +178,11 @@ def dilate(mask: np.ndarray, element: np.ndarray) -> np.ndarray:
     return out
 
 
-def erode(mask: np.ndarray, element: np.ndarray) -> np.ndarray:
-    """Binary erosion; outside the image counts as foreground (OpenCV's default border for erosion)."""
+def erode(mask: np.ndarray, element: np.ndarray, outside: bool = True) -> np.ndarray:
+    """Binary erosion; outside the image counts as foreground (OpenCV's default border for erosion) unless
+    `outside` is False."""
     r = element.shape[0] // 2
-    p = np.pad(mask, r, constant_values=True)
+    p = np.pad(mask, r, constant_values=outside)
     h, w = mask.shape
     out = np.ones_like(mask)
     for dy, dx in zip(*np.nonzero(element)):
@@ -335,6 +337,10 @@ class NumpyDetector:
             toward = z_cr * np.float32(to_grey[0] * weight) + z_cb * np.float32(to_grey[1] * weight)
             np.clip(toward, 0.0, norm / math.sqrt(2.0), out=toward)
             z_smooth += box_mean(toward, 3)
+        sample = z_smooth[::4, ::4].ravel()
+        smooth_centre = float(camera._median(sample))
+        smooth_sigma = max(1.4826 * float(camera._median(np.abs(sample - smooth_centre))), 0.05)
+        z_smooth = (z_smooth - np.float32(smooth_centre)) * np.float32(1.0 / smooth_sigma)
         model = camera.OreModel((mY, mCr, mCb), (sY, sCr, sCb), sig_log)
         return (z_bright, z_colour, z_smooth), residual, model
 
@@ -412,6 +418,17 @@ class NumpyDetector:
         score = ref._score(contrast_ratio, area_cm2, solidity, rectangularity)
         if score < self.min_score:
             return None
+        rim_ratio = 1.0
+        if cue != "smooth":
+            # edge.camera.ObjectDetector._rim_ratio: the outline less its erosion by a square _RIM_MM wide.
+            rim_px = max(1, int(round(camera._RIM_MM / self.pixel_size_mm)))
+            inside = erode(mask, np.ones((2 * rim_px + 1, 2 * rim_px + 1), dtype=bool), outside=False)
+            if inside.any():
+                luma = ycc[..., 0]
+                rim_ratio = float(luma[mask & ~inside].mean()) / max(float(luma[inside].mean()), 1.0)
+        score = ref._score(contrast_ratio, area_cm2, solidity, rectangularity, rim_ratio)
+        if score < self.min_score:
+            return None
 
         ys, xs = np.nonzero(mask)
         cx = X0 + xs.mean() + 0.5
@@ -426,7 +443,7 @@ class NumpyDetector:
             across_m=cx * m_per_px, along_m_offset=(cy - full_h / 2.0) * m_per_px, score=score, cue=cue,
             contrast_sigma=contrast, lightness=lightness, chroma=math.hypot(a, b),
             hue_deg=math.degrees(math.atan2(b, a)) % 360.0, texture_ratio=texture_ratio,
-            solidity=solidity, rectangularity=rectangularity)
+            solidity=solidity, rectangularity=rectangularity, rim_ratio=rim_ratio)
 
 
 # ------------------------------------------------------------------ the run

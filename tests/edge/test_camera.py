@@ -1,14 +1,17 @@
 """Camera simulator, JPEG helpers and the foreign-object detector, checked against rendered truth.
 
-What the detector achieves, measured on 30 frames per case with seeds these tests do not use
-(object fully visible; found = score >= 0.5 at the object, area within 30% unless noted), and
-the size from which every object was found:
-  plastic  from 4x4 cm   (3x3: 30/30, one of them 68% too large)
-  paper    from 5x6 cm   (3x3: 28/30, 4x4: 29/30)
-  wood     from 6x8 cm   (3x3: 13/30, 4x4: 22/30 one 48% too large, 5x6: 29/30)
-  textile  from 10x15 cm (3x3: 23/30 two over 30%, 4x4: 27/30 one over, 5x6: 27/30, 6x8: 29/30)
-  rubber   from 10x15 cm (6x8: 12/30 one over, 5x6 and smaller: none)
+What the detector achieves, measured on 30 frames per case with seeds 1000-1029, which these tests
+do not use (object fully visible; found = score >= 0.5 at the object, area within 30% unless noted),
+and the size from which every object was found:
+  plastic  from 3x3 cm   (3x3: 30/30)
+  paper    from 4x4 cm   (3x3: 27/30)
+  wood     from 10x15 cm (3x3: 11/30, 4x4: 21/30, 5x6: 29/30, 6x8: 29/30)
+  textile  from 6x8 cm   (3x3: 24/30, 4x4: 26/30, 5x6: 28/30)
+  rubber   from 10x15 cm (6x8: 25/30 two more over 30%, 5x6: 9/30 two more over, 4x4: none)
 Black, smooth rubber on dark ore is the camera's hard case; small pieces are left to NIR.
+Against issue 4's goal (bench/camera_rates.py: one object 5-30 cm a side, up to 10% of it under
+ore, on fresh seeds) objects of 5 cm and more were found in 995 and 997 of 1,000 frames in two runs
+(rubber 197/200 in each), with 3 and 5 false objects in 5,000 frames of clean ore.
 The tests hold each material to the sizes found every time, and to a floor below the
 measured rate at the sizes found only mostly.
 """
@@ -44,7 +47,7 @@ CENTRE_TOLERANCE_M = 0.02
 DETECTABLE = [
     *[("plastic", w, l) for w, l in ((0.04, 0.04), (0.06, 0.08), (0.20, 0.30))],
     *[("paper", w, l) for w, l in ((0.05, 0.06), (0.20, 0.30))],
-    *[("wood", w, l) for w, l in ((0.06, 0.08), (0.03, 0.30), (0.20, 0.30))],
+    *[("wood", w, l) for w, l in ((0.10, 0.15), (0.03, 0.30), (0.20, 0.30))],
     *[("textile", w, l) for w, l in ((0.10, 0.15), (0.20, 0.30))],
     *[("rubber", w, l) for w, l in ((0.10, 0.15), (0.20, 0.30))],
 ]
@@ -54,12 +57,13 @@ SEEDS_PER_SIZE = 4
 # rates count a find only with its area within 30%; each floor is about two below the count
 # the rate predicts for 12 frames.
 MOSTLY_DETECTABLE = [
-    ("paper", 0.03, 0.03, "28/30", 9),
+    ("paper", 0.03, 0.03, "27/30", 9),
     ("wood", 0.04, 0.04, "21/30", 6),
     ("wood", 0.05, 0.06, "29/30", 10),
+    ("wood", 0.06, 0.08, "29/30", 10),
     ("textile", 0.04, 0.04, "26/30", 8),
-    ("textile", 0.05, 0.06, "27/30", 9),
-    ("rubber", 0.06, 0.08, "11/30", 2),
+    ("textile", 0.05, 0.06, "28/30", 9),
+    ("rubber", 0.06, 0.08, "25/30", 8),
 ]
 
 
@@ -199,15 +203,15 @@ def test_detection_reports_colour_and_shape_features(detector):
 
 
 def test_plain_ore_frames_raise_almost_no_alarms(detector):
-    # Measured: 1 detection at alarm level on these 200 seeds, 3 in 1000 frames of other seeds
-    # (0.6 expected in 200), each an oversize yellow goethite lump of 9-16 cm2. The bound is that
-    # rate with margin.
+    # Measured: no detection at alarm level on these 500 seeds, 8 in 10,000 frames of other seeds
+    # (0.4 expected in 500), each a yellow ore region (colour cue) of 5-10 cm2. The bound is that
+    # rate with margin; a detector that does not see a lump's shaded rim raised 2 here (3.8 per 1,000).
     alarms = []
-    for seed in range(200):
+    for seed in range(500):
         jpeg, _ = SimulatedCamera(rng=np.random.default_rng(seed)).frame([])
         alarms += [(seed, round(d.score, 2), d.cue, round(d.area_cm2, 1))
                    for d in detector.detect(decode_jpeg(jpeg)) if d.score > ALARM_SCORE]
-    assert len(alarms) <= 3, alarms
+    assert len(alarms) <= 1, alarms
 
 
 @pytest.mark.parametrize("level", [0, 30, 128, 255])
