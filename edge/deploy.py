@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import queue
 import sys
 import time
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from pathlib import Path
 from orelane.config import ConfigError, SiteConfig, load
 from orelane.contract import ContractError, messages as msg, topics
 from orelane.mqtt import MqttLink
-from spectral.model import LaneModel, ModelFileError
+from spectral.model import LaneModel
 
 RUNNING, REFUSED, NO_ANSWER = "running", "refused", "no answer"
 
@@ -76,12 +75,7 @@ def deploy(site: SiteConfig, model_path: Path, lanes: list[str], uri: str | None
                                   f"deployment ({link.last_error or 'no reason given'}); nothing was deployed")
         progress(f"deployed {model.version} to {', '.join(lanes)} ({uri}); waiting up to {wait_s:g} s for the lanes")
         answers: dict[str, LaneAnswer] = {}
-        deadline = started + wait_s
-        while len(answers) < len(lanes) and time.monotonic() < deadline:
-            try:
-                message = link.inbox.get(timeout=max(0.0, min(0.5, deadline - time.monotonic())))
-            except queue.Empty:
-                continue
+        for message in link.received(wait_s - (time.monotonic() - started)):
             try:
                 _, lane, leaf = topics.parse(message.topic)
             except ContractError:
@@ -92,6 +86,8 @@ def deploy(site: SiteConfig, model_path: Path, lanes: list[str], uri: str | None
             if found is not None:
                 answers[lane] = LaneAnswer(lane, *found)
                 progress(f"  {lane}: {found[0]} after {time.monotonic() - started:.1f} s: {found[1]}")
+                if len(answers) == len(lanes):
+                    break
         for lane in lanes:
             answers.setdefault(lane, LaneAnswer(lane, NO_ANSWER, f"no status with {model.version} nor a refusal "
                                                                  f"within {wait_s:g} s; is the lane's daemon "
@@ -121,7 +117,7 @@ def main(argv: list[str]) -> int:
     except ConfigError as exc:
         print(f"orelane model deploy: configuration error: {exc}", file=sys.stderr)
         return 2
-    except (ModelFileError, ValueError, ConnectionError) as exc:  # a model file the edge would refuse too
+    except (ValueError, ConnectionError) as exc:  # ModelFileError is a ValueError: a file the edge would refuse
         print(f"orelane model deploy: {exc}", file=sys.stderr)
         return 1
     for a in answers:

@@ -204,6 +204,16 @@ class MqttLink:
             time.sleep(0.02)
         return self.unacked
 
+    def received(self, wait_s: float):
+        """Messages from the inbox as they arrive, for up to wait_s; one-shot tools leave the loop when they
+        have what they wait for."""
+        deadline = time.monotonic() + wait_s
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                yield self.inbox.get(timeout=left)
+            except queue.Empty:
+                return
+
     def ack(self, message: mqtt.MQTTMessage) -> None:
         self.client.ack(message.mid, message.qos)
 

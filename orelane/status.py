@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import queue
 import sys
 import time
 from dataclasses import dataclass
@@ -72,18 +71,15 @@ def read_statuses(site: SiteConfig, wait_s: float = 2.0) -> dict[str, msg.LaneSt
     found: dict[str, msg.LaneStatus] = {}
     try:
         link.start(wait_s=10.0)
-        deadline = time.monotonic() + wait_s
-        while len(found) < len(lanes) and time.monotonic() < deadline:
-            try:
-                message = link.inbox.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                break
+        for message in link.received(wait_s):
             try:
                 _, lane, _ = topics.parse(message.topic)
                 if lane in lanes:
                     found[lane] = msg.LaneStatus.from_json(message.payload)
             except ContractError:
                 continue  # not a status this command can read; the lane shows as without one
+            if len(found) == len(lanes):
+                break
     finally:
         link.stop()
     return found
