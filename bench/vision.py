@@ -294,7 +294,7 @@ class NumpyDetector:
                                             (weak_levels, strong_levels))
         best_score = camera._alarm_score(camera._best_contrast(regions) / np.asarray(strong_levels)[regions.cue],
                                          np.maximum(camera._best_area_px(regions, areas) * (scale * scale * px_cm2),
-                                                    self.min_area_cm2), 1.0, 1.0)
+                                                    self.min_area_cm2), 1.0, 1.0, colour=regions.cue == 1)
         detections = []
         for i in np.flatnonzero(best_score >= self.min_score):
             label = int(regions.label[i])
@@ -395,7 +395,7 @@ class NumpyDetector:
             if np.any(inside_small):
                 contrast = float(camera._median(region[inside_small]))
         contrast_ratio = contrast / strong_levels[cue_index]
-        if ref._score(contrast_ratio, area_cm2, 1.0, 1.0) < self.min_score:
+        if ref._score(cue_index, contrast_ratio, area_cm2, 1.0, 1.0) < self.min_score:
             return None
 
         # The hull of the outline is the hull of each row's first and last pixel centres.
@@ -415,7 +415,7 @@ class NumpyDetector:
         rect_w, rect_h = min_area_rect_size(hull)
         solidity = min(1.0, area_px / hull_px)
         rectangularity = min(1.0, area_px / ((rect_w + 1.0) * (rect_h + 1.0)))
-        score = ref._score(contrast_ratio, area_cm2, solidity, rectangularity)
+        score = ref._score(cue_index, contrast_ratio, area_cm2, solidity, rectangularity)
         if score < self.min_score:
             return None
         rim_ratio = 1.0
@@ -426,7 +426,7 @@ class NumpyDetector:
             if inside.any():
                 luma = ycc[..., 0]
                 rim_ratio = float(luma[mask & ~inside].mean()) / max(float(luma[inside].mean()), 1.0)
-        score = ref._score(contrast_ratio, area_cm2, solidity, rectangularity, rim_ratio)
+        score = ref._score(cue_index, contrast_ratio, area_cm2, solidity, rectangularity, rim_ratio)
         if score < self.min_score:
             return None
 

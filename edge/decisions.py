@@ -6,7 +6,7 @@ Pure: positions, scores and sequence numbers in, segments and event updates out.
 from __future__ import annotations
 
 import math
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,6 +16,11 @@ def _most_voted_named(votes: Counter) -> str | None:
     """The class with the most votes, leaving out 'unknown' (spectra no class explains); None when none."""
     named = [(n, c) for c, n in votes.items() if c != "unknown"]
     return max(named)[1] if named else None
+
+
+# Settled segments with spectra whose median count is the lane's usual count (see Segment.nir_score): 25 of
+# 0.5 m are 12.5 m of belt, a few seconds, so the count follows the belt's speed.
+_USUAL_OVER_SEGMENTS = 25
 
 
 def _camera_map(score: float) -> float:
@@ -38,13 +43,19 @@ class Segment:
     frame_seqs: list[int] = field(default_factory=list)
     radiation_alarm: bool = False
     tonnage_t: float = 0.0
+    usual_spectra: float = 0.0  # the lane's usual count per segment when this one was settled (0: not known yet)
 
     @property
     def nir_score(self) -> float:
-        """Share of flagged spectra, mapped so stray flags (below a 10% floor) do not count and 40% is certain."""
+        """Share of flagged spectra, mapped so stray flags (below a 10% floor) do not count and 40% is certain.
+
+        The share is taken of at least half the lane's usual count: a segment whose spectra mostly came too
+        late (a broker restart) would otherwise turn one stray flag among two spectra into a certain 50 %.
+        Half, so that the belt speeding up to twice its pace (half the spectra per segment) costs nothing."""
         if self.n_spectra == 0:
             return 0.0
-        return float(np.clip((self.n_flagged / self.n_spectra - 0.10) / 0.30, 0.0, 1.0))
+        share = self.n_flagged / max(self.n_spectra, 0.5 * self.usual_spectra)
+        return float(np.clip((share - 0.10) / 0.30, 0.0, 1.0))
 
     @property
     def camera_score(self) -> float:
@@ -80,6 +91,7 @@ class SegmentFuser:
         self.settle_m = settle_m  # late messages may still land this far behind the sensors
         self._open: dict[int, Segment] = {}
         self._next_index: int | None = None
+        self._recent_counts: deque[int] = deque(maxlen=_USUAL_OVER_SEGMENTS)
 
     def _segment(self, position_m: float) -> Segment | None:
         index = math.floor(position_m / self.segment_length_m)
@@ -144,8 +156,12 @@ class SegmentFuser:
         out = []
         while self._next_index < limit:
             i = self._next_index
-            out.append(self._open.pop(i, None) or Segment(i, i * self.segment_length_m,
-                                                           (i + 1) * self.segment_length_m))
+            seg = self._open.pop(i, None) or Segment(i, i * self.segment_length_m, (i + 1) * self.segment_length_m)
+            if self._recent_counts:
+                seg.usual_spectra = float(np.median(self._recent_counts))
+            if seg.n_spectra:
+                self._recent_counts.append(seg.n_spectra)
+            out.append(seg)
             self._next_index += 1
         return out
 

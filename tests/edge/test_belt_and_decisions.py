@@ -123,6 +123,33 @@ def test_fuser_hands_over_empty_segments_and_refuses_late_evidence():
     assert late == 1
 
 
+def spectra_on_segments(fuser, counts, flagged_counts, segment_m=0.5):
+    """Add counts[i] spectra spread over segment i, the first flagged_counts[i] of them flagged as plastic."""
+    seq = 0
+    for i, (n, n_flagged) in enumerate(zip(counts, flagged_counts)):
+        positions = i * segment_m + (np.arange(n) + 0.5) * segment_m / max(n, 1)
+        flagged = np.arange(n) < n_flagged
+        fuser.add_spectra(positions, flagged, np.zeros(n, dtype=int), np.arange(seq, seq + n), ("plastic",), 0.0)
+        seq += n
+
+
+def test_a_segment_whose_spectra_mostly_came_late_is_scored_against_the_usual_count():
+    fuser = SegmentFuser(0.5, settle_m=1.0)
+    # 30 clean segments of 30 spectra, then one of 2 (the rest too late) with a stray flag, then plastic
+    # flagged in 12 of 30, then the belt at twice the speed (15 a segment) with 5 of 15 flagged.
+    counts = [30] * 30 + [2, 30] + [15] * 3
+    flagged = [0] * 30 + [1, 12] + [0, 5, 0]
+    spectra_on_segments(fuser, counts, flagged)
+    segments = fuser.settled(len(counts) * 0.5 + 1.0)
+    assert [s.n_spectra for s in segments] == counts
+    partial, plastic = segments[30], segments[31]
+    assert partial.usual_spectra == 30
+    assert partial.nir_score == 0.0  # 1 of 2 alone would be a certain 50 %
+    assert plastic.nir_score == pytest.approx((12 / 30 - 0.10) / 0.30)
+    assert segments[33].nir_score == pytest.approx((5 / 15 - 0.10) / 0.30)  # twice the speed costs nothing
+    assert segments[0].usual_spectra == 0.0 and segments[0].nir_score == 0.0
+
+
 def test_camera_evidence_seen_in_two_frames_counts_fully_one_frame_half():
     fuser = SegmentFuser(0.5)
     fuser.add_camera_object(0.7, 0.95, frame_seq=4, tonnage_t=1.0)

@@ -30,6 +30,7 @@ from edge.camera import (
     ObjectDetector,
     SceneObject,
     SimulatedCamera,
+    _alarm_score,
     _group_medians,
     decode_jpeg,
     encode_jpeg,
@@ -58,7 +59,7 @@ SEEDS_PER_SIZE = 4
 # the rate predicts for 12 frames.
 MOSTLY_DETECTABLE = [
     ("paper", 0.03, 0.03, "27/30", 9),
-    ("wood", 0.04, 0.04, "21/30", 6),
+    ("wood", 0.04, 0.04, "20/30", 6),
     ("wood", 0.05, 0.06, "29/30", 10),
     ("wood", 0.06, 0.08, "29/30", 10),
     ("textile", 0.04, 0.04, "26/30", 8),
@@ -203,15 +204,36 @@ def test_detection_reports_colour_and_shape_features(detector):
 
 
 def test_plain_ore_frames_raise_almost_no_alarms(detector):
-    # Measured: no detection at alarm level on these 500 seeds, 8 in 10,000 frames of other seeds
-    # (0.4 expected in 500), each a yellow ore region (colour cue) of 5-10 cm2. The bound is that
-    # rate with margin; a detector that does not see a lump's shaded rim raised 2 here (3.8 per 1,000).
+    # Measured: no detection at alarm level on these 500 seeds, 1 in 10,000 frames of other seeds
+    # (bench/camera_rates.py) and 3 in another 10,000, large dark patches found by the smooth cue. The
+    # bound is that rate with margin; a detector that does not see a lump's shaded rim raised 2 here.
     alarms = []
     for seed in range(500):
         jpeg, _ = SimulatedCamera(rng=np.random.default_rng(seed)).frame([])
         alarms += [(seed, round(d.score, 2), d.cue, round(d.area_cm2, 1))
                    for d in detector.detect(decode_jpeg(jpeg)) if d.score > ALARM_SCORE]
     assert len(alarms) <= 1, alarms
+
+
+@pytest.mark.parametrize("seed", [702853, 706457, 709721, 709995])
+def test_yellow_ore_lumps_smaller_than_an_object_of_interest_raise_no_alarm(detector, seed):
+    # The four frames of 10,000 (seeds 702,000-711,999) where a score blind to a region's cue raised a yellow
+    # ore lump of 4-14 cm2 found by colour; goethite comes in lumps that size, so below 25 cm2 a colour region
+    # needs more evidence. The weight of that term was set on other seeds.
+    jpeg, _ = SimulatedCamera(rng=np.random.default_rng(seed)).frame([])
+    detections = detector.detect(decode_jpeg(jpeg))
+    assert [d for d in detections if d.score >= ALARM_SCORE and d.cue == "colour"] == []
+    assert all(d.area_cm2 < 25 for d in detections if d.cue == "colour")  # reported below the alarm, if at all
+
+
+def test_colour_regions_below_lump_size_need_more_evidence_and_larger_ones_do_not():
+    contrast, solidity, rectangularity = 2.0, 0.95, 0.8
+    for area in (6.0, 12.0, 20.0):
+        assert (_alarm_score(contrast, area, solidity, rectangularity, colour=True)
+                < _alarm_score(contrast, area, solidity, rectangularity, colour=False))
+    for area in (25.0, 40.0, 400.0):
+        assert (_alarm_score(contrast, area, solidity, rectangularity, colour=True)
+                == _alarm_score(contrast, area, solidity, rectangularity, colour=False))
 
 
 @pytest.mark.parametrize("level", [0, 30, 128, 255])
