@@ -20,8 +20,8 @@ full-resolution outline, the luma of its rim against its inside, moments, convex
 and score. Connected-component labelling uses scipy.ndimage.label: labelling in pure NumPy needs a union-find
 loop in Python, which would measure the interpreter rather than the algorithm. The pure-NumPy parts of
 edge.camera (_median, _expected_by_level, _candidate_regions with the bounds _best_contrast and _best_area_px,
-_squared_z_table and the score _alarm_score) and the detector's choice of pyramid levels and texture window
-are shared by both paths.
+_squared_z_table, the score _alarm_score, the colour conversion _bgr_to_lab) and the detector's choice of
+pyramid levels and texture window are shared by both paths.
 
 The run prints how far the two paths agree (detections matched by centre, their areas and scores).
 The last line is:  frames_per_s=<N> speedup=<R>
@@ -245,17 +245,6 @@ def min_area_rect_size(hull: np.ndarray) -> tuple[float, float]:
     return float(w[i]), float(h[i])
 
 
-def bgr_to_lab(bgr: np.ndarray) -> tuple[float, float, float]:
-    """cv2.COLOR_BGR2Lab of one float colour (0-1): sRGB companding, D65 white."""
-    rgb = np.asarray(bgr[::-1], dtype=np.float64)
-    lin = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
-    m = np.array([[0.412453, 0.357580, 0.180423], [0.212671, 0.715160, 0.072169], [0.019334, 0.119193, 0.950227]])
-    xyz = m @ lin / np.array([0.950456, 1.0, 1.088754])
-    f = np.where(xyz > 0.008856, np.cbrt(xyz), 7.787 * xyz + 16.0 / 116.0)
-    lightness = 116.0 * f[1] - 16.0 if xyz[1] > 0.008856 else 903.3 * xyz[1]
-    return float(lightness), float(500.0 * (f[0] - f[1])), float(200.0 * (f[1] - f[2]))
-
-
 # ------------------------------------------------------------------ the detector in NumPy
 
 
@@ -436,7 +425,7 @@ class NumpyDetector:
         bx, by = int(xs.min()), int(ys.min())
         bw, bh = int(xs.max()) - bx + 1, int(ys.max()) - by + 1
         mean_bgr = crop[mask].mean(axis=0) / 255.0
-        lightness, a, b = bgr_to_lab(mean_bgr)
+        lightness, a, b = camera._bgr_to_lab(*map(float, mean_bgr))
         m_per_px = self.pixel_size_mm / 1000.0
         return camera.Detection(
             area_cm2=area_cm2, bbox_px=(X0 + bx, Y0 + by, bw, bh), centre_px=(cx, cy),

@@ -745,8 +745,7 @@ class ObjectDetector:
         cx = X0 + m["m10"] / m["m00"] + 0.5
         cy = Y0 + m["m01"] / m["m00"] + 0.5
         bx, by, bw, bh = cv2.boundingRect(hull)
-        mean_bgr = np.asarray(cv2.mean(crop, mask=mask)[:3], dtype=np.float32) / 255.0
-        lab = cv2.cvtColor(mean_bgr.reshape(1, 1, 3), cv2.COLOR_BGR2Lab)[0, 0]
+        lab = _bgr_to_lab(*(c / 255.0 for c in cv2.mean(crop, mask=mask)[:3]))
         m_per_px = self.pixel_size_mm / 1000.0
         return Detection(
             area_cm2=area_cm2, bbox_px=(X0 + bx, Y0 + by, bw, bh), centre_px=(cx, cy),
@@ -814,6 +813,23 @@ _SCORE_LUMP = 1.0
 _LUMP_CM2 = 25.0
 _SCORE_LEVEL = 4.35
 _SCORE_SLOPE = 1.0
+
+
+def _bgr_to_lab(b: float, g: float, r: float) -> tuple[float, float, float]:
+    """CIE L*a*b* (D65, sRGB companding) of one BGR colour with channels 0-1, as cv2.COLOR_BGR2Lab gives for float
+    images to within 0.6. In plain Python because OpenCV takes about 0.15 ms to convert a single new colour."""
+    def linear(c: float) -> float:
+        return c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4
+
+    def f(t: float) -> float:
+        return t ** (1.0 / 3.0) if t > 0.008856 else 7.787 * t + 16.0 / 116.0
+
+    lr, lg, lb = linear(r), linear(g), linear(b)
+    x = (0.412453 * lr + 0.357580 * lg + 0.180423 * lb) / 0.950456
+    y = 0.212671 * lr + 0.715160 * lg + 0.072169 * lb
+    z = (0.019334 * lr + 0.119193 * lg + 0.950227 * lb) / 1.088754
+    lightness = 116.0 * f(y) - 16.0 if y > 0.008856 else 903.3 * y
+    return lightness, 500.0 * (f(x) - f(y)), 200.0 * (f(y) - f(z))
 
 
 def _search_image(image: np.ndarray, levels: int) -> tuple[np.ndarray, np.ndarray]:
