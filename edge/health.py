@@ -3,6 +3,7 @@ and the alarms a lane raises when one is out of range. Pure functions on arrays 
 
 from __future__ import annotations
 
+import math
 from collections import deque
 
 import numpy as np
@@ -29,15 +30,23 @@ def lamp_drift_fraction(first_white: np.ndarray, white: np.ndarray, dark: np.nda
 
 
 class RateMeter:
-    """Frames per second over the last `window` timestamps."""
+    """Frames per second over the last `window` frame timestamps; 0 once no frame has arrived for
+    stale_after_s (by the receiver's clock), so a camera that stops sending shows as stopped rather than
+    at its last rate."""
 
-    def __init__(self, window: int = 20):
+    def __init__(self, window: int = 20, stale_after_s: float = math.inf):
         self._times: deque[float] = deque(maxlen=window)
+        self._last_arrival_s: float | None = None
+        self.stale_after_s = stale_after_s
 
-    def add(self, t_s: float) -> None:
+    def add(self, t_s: float, arrived_s: float | None = None) -> None:
         self._times.append(t_s)
+        self._last_arrival_s = arrived_s
 
-    def rate(self) -> float:
+    def rate(self, now_s: float | None = None) -> float:
+        if (now_s is not None and self._last_arrival_s is not None
+                and now_s - self._last_arrival_s > self.stale_after_s):
+            return 0.0
         if len(self._times) < 2 or self._times[-1] <= self._times[0]:
             return 0.0
         return (len(self._times) - 1) / (self._times[-1] - self._times[0])
@@ -55,4 +64,5 @@ def alarms(health: dict, lane) -> dict[str, int]:
         "alarm_camera_fps": int(health.get("frames_in", 0) > 1 and fps < lane.camera_fps_min),
         "alarm_belt_link": int(not health.get("belt_link_up", 0)),
         "alarm_robot_link": int(not health.get("robot_link_up", 0)),
+        "alarm_radiation_link": int(lane.radiation is not None and not health.get("radiation_link_up", 0)),
     }

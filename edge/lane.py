@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -84,7 +85,7 @@ class LaneCore:
         self.dark: np.ndarray | None = None
         self.white: np.ndarray | None = None
         self.reference_grid: np.ndarray | None = None
-        self.reference_time_s: float | None = None
+        self._reference_times_s: dict[str, float] = {}  # "dark", "white": timestamp of the one in use
         self.lot: msg.Lot | None = None
         self._last_seq: int | None = None
         self._spectra_until_s: float | None = None  # the latest spectrum timestamp handled
@@ -103,7 +104,8 @@ class LaneCore:
         self.first_white: np.ndarray | None = None
         self.snr = 0.0
         self.saturated_fraction = 0.0
-        self.camera_rate = instrument_health.RateMeter()
+        self.camera_rate = instrument_health.RateMeter(
+            stale_after_s=max(5.0, 3.0 / lane.camera_fps_min) if lane.camera_fps_min > 0 else math.inf)
         self.camera_exposure: dict[str, float] = {}
         self.radiation_dose_usv_h = 0.0
         self.radiation_link_up = False
@@ -163,6 +165,7 @@ class LaneCore:
         grid = np.asarray(ref.wavelengths_nm, dtype=np.float64)
         if self.reference_grid is not None and grid.shape != self.reference_grid.shape:
             self.dark = self.white = None  # a new instrument grid: both references must be retaken
+            self._reference_times_s.clear()
         self.reference_grid = grid
         if ref.reference == "dark":
             self.dark = counts
@@ -170,7 +173,7 @@ class LaneCore:
             self.white = counts
             if self.first_white is None or self.first_white.shape != counts.shape:
                 self.first_white = counts
-        self.reference_time_s = ref.timestamp_s
+        self._reference_times_s[ref.reference] = ref.timestamp_s
         if self.dark is not None and self.white is not None and self._awaiting_references:
             held, self._awaiting_references, self._held_spectra = self._awaiting_references, [], 0
             for topic_name, batch in held:
@@ -292,7 +295,7 @@ class LaneCore:
             self.counters.frames_rejected += 1
             return self.dead_letter(self.topic("camera/frame"), str(exc), seq=frame.seq,
                                     message_time_ns=frame.timestamp_ns)
-        self.camera_rate.add(t_s)
+        self.camera_rate.add(t_s, self.clock())
         self.camera_exposure = camera.frame_exposure(image)
         detector = self._detectors.get(frame.pixel_size_mm)
         if detector is None:
@@ -358,9 +361,11 @@ class LaneCore:
 
     def on_radiation_reading(self, reading: dict[str, float] | None) -> None:
         """A gamma portal reading; an alarm (the portal's own, or the dose over the lane's threshold) is placed
-        on the belt under the sensors like any other evidence."""
+        on the belt under the sensors like any other evidence. None (the read failed) places nothing: the
+        lane cannot say the ore is hot, and the health alarm alarm_radiation_link says it cannot say it is not."""
         self.radiation_link_up = reading is not None
         if reading is None:
+            self.radiation_alarm = False
             return
         self.radiation_dose_usv_h = reading["dose_rate_usv_h"]
         self.radiation_alarm = reading["alarm"] == 1 or reading["dose_rate_usv_h"] > self.lane.radiation_threshold_usv_h
@@ -571,11 +576,18 @@ class LaneCore:
                                                          position_m, tonnage_t, event_id).to_json())
 
     # ------------------------------------------------------------------ health
+    def _reference_age_s(self, now_s: float) -> float:
+        """Age of the older of the dark and white references in use (a fresh dark must not hide a stale white);
+        -1 while either is missing, when no spectrum can be judged."""
+        if len(self._reference_times_s) < 2:
+            return -1.0
+        return round(now_s - min(self._reference_times_s.values()), 1)
+
     def health(self) -> dict:
         c = self.counters
         now_s = self.clock()
         health = {
-            "reference_age_s": round(now_s - self.reference_time_s, 1) if self.reference_time_s else -1.0,
+            "reference_age_s": self._reference_age_s(now_s),
             "belt_link_up": int(self.belt_link_up),
             "robot_link_up": int(not self.robot_error and self.robot.connected),
             "spectra_in": c.spectra_in, "spectra_classified": c.spectra_classified,
@@ -590,7 +602,7 @@ class LaneCore:
             if self.first_white is not None and self.white is not None and self.dark is not None else 0.0,
             "robot_state": STATE_CODES.get(self.plc.state, -1) if self.plc else -1,
             "robot_fault_code": FAULT_CODES.get(self.plc.fault, -1) if self.plc else -1,
-            "camera_fps": round(self.camera_rate.rate(), 2),
+            "camera_fps": round(self.camera_rate.rate(now_s), 2),
             "camera_mean_brightness": round(self.camera_exposure.get("mean_brightness", 0.0), 1),
             "camera_saturated_fraction": round(self.camera_exposure.get("saturated_fraction", 0.0), 4),
             "radiation_dose_usv_h": round(self.radiation_dose_usv_h, 3),

@@ -87,12 +87,20 @@ class RoutineSchedule:
     def __init__(self, increment_t: float, start_t: float | None = None):
         self.increment_t = increment_t
         self.next_t = None if start_t is None else start_t + increment_t
+        self._last_t = start_t
 
     def due(self, totalizer_t: float) -> int:
-        """How many increments the totalizer has crossed since the last call (0 or more)."""
+        """How many increments the totalizer has crossed since the last call (0 or more).
+
+        A totalizer that goes back (reset at the integrator, at a shift change or a new lot) keeps the
+        tonnes still to go to the next increment instead of waiting until it climbs past the old count."""
         if self.next_t is None:
             self.next_t = totalizer_t + self.increment_t
+            self._last_t = totalizer_t
             return 0
+        if totalizer_t < self._last_t:
+            self.next_t = totalizer_t + (self.next_t - self._last_t)
+        self._last_t = totalizer_t
         count = 0
         while totalizer_t >= self.next_t:
             count += 1

@@ -217,6 +217,16 @@ def test_routine_schedule_counts_every_crossed_increment():
     assert routine.due(175.0) == 2
 
 
+def test_routine_schedule_carries_on_when_the_totalizer_is_reset():
+    routine = RoutineSchedule(50.0)
+    routine.due(1000.0)  # next increment at 1050 t
+    assert routine.due(1030.0) == 0
+    assert routine.due(2.0) == 0  # reset at the integrator: 20 t still to go
+    assert routine.due(21.9) == 0
+    assert routine.due(22.0) == 1
+    assert routine.due(72.0) == 1
+
+
 def test_named_class_beats_unknown_votes():
     det = detector()
     s = segment(0, 17, 15, cls="unknown")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from edge import camera
 from edge.instruments import InstrumentReader
 from edge.lane import LaneCore
 from orelane import config
@@ -105,6 +106,16 @@ def test_radiation_over_threshold_is_an_event_on_the_belt_and_cut_only_if_config
     assert len(targeted) == (1 if radiation_cut else 0)
 
 
+def test_a_gamma_portal_that_cannot_be_read_places_no_alarm_and_raises_a_link_alarm(lane_core):
+    make, clock, published, plc = lane_core
+    assert make().health()["alarm_radiation_link"] == 0  # a lane without a portal
+    core = make(radiation_threshold_usv_h=0.5, radiation={"host": "127.0.0.1", "port": 1})
+    core.on_radiation_reading({"dose_rate_usv_h": 2.0, "background_usv_h": 0.1, "alarm": 0})
+    assert core.radiation_alarm and core.health()["alarm_radiation_link"] == 0
+    core.on_radiation_reading(None)  # the read failed while the dose was high
+    assert not core.radiation_alarm and core.health()["alarm_radiation_link"] == 1
+
+
 @pytest.mark.parametrize("declared, actual, mismatch", [
     ("hematite_lump_63", "hematite_lump_63", False),
     ("hematite_lump_63", "goethite_fines_58", True),
@@ -145,6 +156,34 @@ def test_health_alarms_follow_saturation_lamp_drift_and_reference_age(lane_core,
 
     clock[0] += 120.0
     assert core.health()["alarm_reference_stale"] == 1
+
+
+def test_reference_age_is_that_of_the_older_reference(lane_core, instrument):
+    make, clock, published, plc = lane_core
+    core = make(reference_max_age_s=60.0)
+    w = instrument.wavelengths_nm
+    clock[0] += 50.0
+    core.handle_reference(msg.Reference(LANE, "dark", clock[0], 5.0, tuple(w), tuple(instrument.dark_reference())))
+    clock[0] += 20.0  # the white is 70 s old, the dark 20 s
+    h = core.health()
+    assert h["reference_age_s"] == pytest.approx(70.0) and h["alarm_reference_stale"] == 1
+
+
+def test_a_camera_that_stops_sending_shows_a_frame_rate_of_zero_and_raises_its_alarm(lane_core):
+    make, clock, published, plc = lane_core
+    core = make(camera_fps_min=2.0)
+    core.on_belt_reading(clock[0], {"speed_m_s": 3.0, "totalizer_t": 0.0, "flow_t_h": 3.0 * 1440})
+    cam = camera.SimulatedCamera(width_px=160, height_px=120, rng=np.random.default_rng(4))
+    for seq in range(12):
+        clock[0] += 0.25
+        core.handle_frame(msg.CameraFrame(LANE, seq, int(clock[0] * 1e9), 2.5, cam.frame()[0]))
+    h = core.health()
+    assert h["camera_fps"] == pytest.approx(4.0) and h["alarm_camera_fps"] == 0
+    clock[0] += 4.0  # quiet, but not yet for 5 s
+    assert core.health()["camera_fps"] == pytest.approx(4.0)
+    clock[0] += 2.0
+    h = core.health()
+    assert h["camera_fps"] == 0.0 and h["alarm_camera_fps"] == 1
 
 
 @pytest.mark.parametrize("values, register", [
