@@ -558,7 +558,9 @@ class LaneCore:
             return
         self.scheduler.done(cut)
         self.plc = None
-        self._record_cut(cut, "cut", f"command seq {outcome.command_seq}", position_m - self.lane.cutter_distance_m)
+        # The cutter crosses the stream robot_reaction_s after the command: the ore it takes is that far on.
+        landing_m = position_m + speed_m_s * self.lane.robot_reaction_s - self.lane.cutter_distance_m
+        self._record_cut(cut, "cut", f"command seq {outcome.command_seq}", landing_m)
         if cut.kind == "targeted":
             self.counters.cuts_targeted += 1
         else:
