@@ -63,6 +63,7 @@ def alarms(health: dict, lane) -> dict[str, int]:
         "alarm_lamp_drift": int(abs(health.get("lamp_drift_fraction", 0.0)) >= lane.lamp_drift_max_fraction),
         "alarm_camera_fps": int(health.get("frames_in", 0) > 1 and fps < lane.camera_fps_min),
         "alarm_belt_link": int(not health.get("belt_link_up", 0)),
+        "alarm_belt_scale_fault": int(bool(health.get("belt_scale_fault", 0))),
         "alarm_robot_link": int(not health.get("robot_link_up", 0)),
         "alarm_radiation_link": int(lane.radiation is not None and not health.get("radiation_link_up", 0)),
     }

@@ -24,7 +24,7 @@ from edge.decisions import EventDetector, EventUpdate, SegmentFuser
 from edge.trigger import CutScheduler, PendingCut, RoutineSchedule
 from orelane.config import LaneConfig
 from orelane.contract import ContractError, messages as msg, topics
-from orelane.contract.registers import FAULT_NAMES, STATE_NAMES
+from orelane.contract.registers import FAULT_NAMES, SCALE_LOADCELL_FAULT, SCALE_RUNNING, SCALE_SPEED_FAULT, STATE_NAMES
 from sampling_robot.driver import RobotError, SamplerDriver
 from sampling_robot.reconcile import LOST_FAULT, LOST_POWER_LOSS, PENDING, UNRESOLVED, reconcile
 from sampling_robot.registry import SampleRegistry, UnknownSampleError
@@ -55,7 +55,8 @@ class LaneCounters:
     frames_rejected: int = 0
     objects_detected: int = 0
     seq_gaps: int = 0
-    late_spectra: int = 0
+    late_spectra: int = 0  # came after their segment had settled: counted, not fused
+    late_objects: int = 0  # camera objects likewise
     events_opened: int = 0
     events_closed: int = 0
     cuts_targeted: int = 0
@@ -91,6 +92,7 @@ class LaneCore:
         self._spectra_until_s: float | None = None  # the latest spectrum timestamp handled
         self.radiation_alarm = False
         self.belt_link_up = False
+        self.belt_scale_status = SCALE_RUNNING  # the integrator's status bits (BELT_SCALE "status")
         self.plc: PlcStatus | None = None
         self.robot_error = ""
         self._last_sealed_id = 0
@@ -305,7 +307,8 @@ class LaneCore:
         for det in detector.detect(image):
             # ore further along the direction of travel passed the sensors earlier: smaller belt coordinate
             along = position - det.along_m_offset
-            self.fuser.add_camera_object(along, det.score, frame.seq, self.tracker.tonnage_at(t_s))
+            if not self.fuser.add_camera_object(along, det.score, frame.seq, self.tracker.tonnage_at(t_s)):
+                self.counters.late_objects += 1
             objects.append({"area_cm2": round(det.area_cm2, 2), "bbox_px": list(map(int, det.bbox_px)),
                             "across_m": round(det.across_m, 3), "along_m": round(along, 3),
                             "score": round(det.score, 3)})
@@ -352,7 +355,13 @@ class LaneCore:
 
     # ------------------------------------------------------------------ instruments and robot
     def on_belt_reading(self, now_s: float, reading: dict[str, float]) -> None:
-        """A belt-scale reading (BELT_SCALE register values) taken at now_s."""
+        """A belt-scale reading (BELT_SCALE register values) taken at now_s.
+
+        While the integrator reports its speed sensor faulted, the reading is not used: belt tracking carries
+        on at the last good speed, as with the link down, and alarm_belt_scale_fault says so."""
+        self.belt_scale_status = int(reading.get("status", SCALE_RUNNING))
+        if self.belt_scale_status & SCALE_SPEED_FAULT:
+            return
         sample = self.tracker.update(now_s, reading["speed_m_s"], reading["totalizer_t"])
         if now_s - self._last_belt_pub_s >= 0.5:
             self._last_belt_pub_s = now_s
@@ -591,11 +600,14 @@ class LaneCore:
         health = {
             "reference_age_s": self._reference_age_s(now_s),
             "belt_link_up": int(self.belt_link_up),
+            "belt_scale_fault": int(bool(self.belt_scale_status & (SCALE_SPEED_FAULT | SCALE_LOADCELL_FAULT))),
             "robot_link_up": int(not self.robot_error and self.robot.connected),
             "spectra_in": c.spectra_in, "spectra_classified": c.spectra_classified,
             "spectra_rejected": c.spectra_rejected, "seq_gaps": c.seq_gaps, "frames_in": c.frames_in,
             "events": c.events_closed, "cuts_targeted": c.cuts_targeted, "cuts_routine": c.cuts_routine,
-            "cuts_missed": c.cuts_missed, "dead_letters": c.dead_letters,
+            "cuts_missed": c.cuts_missed, "dead_letters": c.dead_letters, "spectra_flagged": c.spectra_flagged,
+            "late_spectra": c.late_spectra, "frames_rejected": c.frames_rejected,
+            "objects_detected": c.objects_detected, "late_objects": c.late_objects, "events_opened": c.events_opened,
             "belt_position_m": round(self.tracker.latest.position_m, 2) if self.tracker.latest else 0.0,
             "model_version": self.model.version,
             "spectra_snr": round(self.snr, 1), "spectra_saturated_fraction": round(self.saturated_fraction, 4),

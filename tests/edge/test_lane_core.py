@@ -186,6 +186,23 @@ def test_a_camera_that_stops_sending_shows_a_frame_rate_of_zero_and_raises_its_a
     assert h["camera_fps"] == 0.0 and h["alarm_camera_fps"] == 1
 
 
+def test_a_faulted_speed_sensor_is_not_trusted_and_raises_the_belt_scale_alarm(lane_core):
+    make, clock, published, plc = lane_core
+    core = make()
+    for _ in range(10):
+        clock[0] += 0.1
+        core.on_belt_reading(clock[0], {"speed_m_s": 3.0, "totalizer_t": 0.0, "flow_t_h": 3000.0, "status": 1})
+    assert core.health()["alarm_belt_scale_fault"] == 0
+    position = core.tracker.position_at(clock[0])
+    for _ in range(10):  # the faulted sensor reads 0: the belt carries on at its last good speed
+        clock[0] += 0.1
+        core.on_belt_reading(clock[0], {"speed_m_s": 0.0, "totalizer_t": 0.0, "flow_t_h": 3000.0, "status": 1 | 2})
+    assert core.tracker.position_at(clock[0]) == pytest.approx(position + 3.0)
+    assert core.health()["alarm_belt_scale_fault"] == 1
+    core.on_belt_reading(clock[0] + 0.1, {"speed_m_s": 3.0, "totalizer_t": 0.0, "flow_t_h": 3000.0, "status": 1 | 4})
+    assert core.health()["alarm_belt_scale_fault"] == 1  # a load-cell fault: tracked, but the tonnage is doubtful
+
+
 @pytest.mark.parametrize("values, register", [
     ({"speed_m_s": -1.0, "flow_t_h": 100.0}, "speed_m_s"),
     ({"speed_m_s": 2.0, "flow_t_h": 50000.0}, "flow_t_h"),
