@@ -12,6 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 
 
+MAX_TRAPEZOID_S = 1.0  # ten polls at the default 0.1 s: a longer gap between readings is an outage
+
+
 @dataclass(frozen=True)
 class BeltSample:
     t_s: float
@@ -35,14 +38,20 @@ class BeltTracker:
         return BeltSample(*map(float, self._cols[:, self._end - 1]))
 
     def update(self, t_s: float, speed_m_s: float, totalizer_t: float) -> BeltSample:
-        """Add a belt-scale reading; position advances by the trapezoid of the last two speeds."""
+        """Add a belt-scale reading; position advances by the trapezoid of the last two speeds.
+
+        After a gap longer than MAX_TRAPEZOID_S (the link was down) it advances at the last speed instead:
+        that is where position_at put everything measured meanwhile, so the coordinate does not jump under
+        evidence already placed and cuts already aimed."""
         last = self.latest
         if last is None:
             position = 0.0
         elif t_s <= last.t_s:
             return last  # a reading out of order adds nothing
         else:
-            position = last.position_m + 0.5 * (last.speed_m_s + speed_m_s) * (t_s - last.t_s)
+            gap_s = t_s - last.t_s
+            mean_speed = last.speed_m_s if gap_s > MAX_TRAPEZOID_S else 0.5 * (last.speed_m_s + speed_m_s)
+            position = last.position_m + mean_speed * gap_s
         if self._end == self._cols.shape[1]:
             self._make_room(t_s)
         self._cols[:, self._end] = (t_s, position, speed_m_s, totalizer_t)

@@ -227,6 +227,19 @@ def test_routine_schedule_carries_on_when_the_totalizer_is_reset():
     assert routine.due(72.0) == 1
 
 
+def test_belt_coordinate_does_not_jump_when_readings_return_after_an_outage():
+    tracker = BeltTracker()
+    tracker.update(0.0, 3.0, 0.0)
+    tracker.update(0.1, 3.0, 0.0)
+    placed = tracker.position_at(3.0)  # during the outage: extrapolated at the last speed
+    assert placed == pytest.approx(9.0)
+    tracker.update(5.0, 1.0, 0.0)  # the link is back and the belt has slowed
+    assert tracker.position_at(3.0) == pytest.approx(placed)
+    assert tracker.latest.position_m == pytest.approx(15.0)
+    tracker.update(5.1, 1.0, 0.0)  # regular polls again: the trapezoid
+    assert tracker.latest.position_m == pytest.approx(15.1)
+
+
 def test_named_class_beats_unknown_votes():
     det = detector()
     s = segment(0, 17, 15, cls="unknown")
