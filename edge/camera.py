@@ -441,8 +441,9 @@ class Detection:
 
     across_m is measured from the left image edge; along_m_offset from the
     image centre row, positive in the direction of belt travel (down the
-    image). The caller adds the frame's belt_position_m, which is right for a
-    belt coordinate that grows in the direction of travel at a fixed point.
+    image). The lane places a detection at the belt coordinate under the
+    sensors at the frame's time minus along_m_offset: ore further along the
+    direction of travel passed the sensors earlier.
     """
 
     area_cm2: float

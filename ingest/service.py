@@ -55,7 +55,8 @@ class Sink(Protocol):
 
 @dataclass(frozen=True)
 class IngestOptions:
-    """Ingest settings beyond [ingest] batch_size and flush_interval_s (proposed TOML keys of the same names).
+    """Ingest settings a worker takes from [ingest] (orelane.cli fills them from the site file), and four that
+    have no TOML key yet: buffer_segment_bytes, retry_initial_s, retry_max_s, replay_slice_s.
 
     Paths default under the site's data_dir: the buffer in
     ingest-buffer/<client id> (one per worker: a worker locks its directory),
