@@ -405,6 +405,8 @@ class LaneCore:
         log.warning("lane %s: lot %s declared %s but %.0f%% of %d clean spectra match it (most like %s)",
                     self.lane.id, lot.lot_id, lot.declared_brand, 100 * match, n, best)
         self.closed_events.append(event)
+        self.counters.events_opened += 1
+        self.counters.events_closed += 1
         self._publish("events", event.to_json())
 
     def step(self, now_s: float) -> None:

@@ -128,6 +128,7 @@ def test_lot_whose_ore_is_not_its_declared_brand_raises_a_declaration_mismatch(l
     run_belt(core, clock, 15.0, instrument, np.random.default_rng(2), brand=actual)
     found = [e for e in events_of(published) if e.likely_class == "declaration_mismatch"]
     assert len(found) == int(mismatch)
+    assert core.health()["events"] == len([e for e in events_of(published) if e.state == "closed"])
     if mismatch:
         assert found[0].lot_id == "LOT-9" and found[0].peak_score > 0.5
 
