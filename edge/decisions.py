@@ -181,6 +181,7 @@ class Event:
     radiation: bool = False
     announced: bool = False  # published as open once it reached the minimum length
     opened_s: float = 0.0
+    cut_requested: bool = False  # its targeted cut was asked for while it was still open (a long event)
 
     @property
     def likely_class(self) -> str:

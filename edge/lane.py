@@ -38,6 +38,7 @@ MAX_HELD_SPECTRA = 5000  # spectra held while waiting for the dark and white ref
 # Segments wait for spectra the daemon has yet to handle (queued in the broker or in the daemon's inbox) for up
 # to this long; past it they settle anyway, so a silent spectrometer cannot hold up camera and radiation evidence.
 SPECTRA_WAIT_S = 5.0
+OPEN_EVENT_CUT_LEAD_M = 2.0  # see LaneCore._cut_open_event_before_its_peak_passes
 SNR_ROWS = 64  # signal-to-noise is a health figure: a sample of each batch is enough
 STATE_CODES = {name: code for code, name in STATE_NAMES.items()}
 FAULT_CODES = {name: code for code, name in FAULT_NAMES.items()}
@@ -429,6 +430,7 @@ class LaneCore:
                     segment.tonnage_t).to_json())
             for update in self.events.feed(segment):
                 self._on_event(update, position, latest.speed_m_s)
+        self._cut_open_event_before_its_peak_passes(position, latest.speed_m_s)
         for _ in range(self.routine.due(latest.totalizer_t)):
             target = position - self.lane.cutter_distance_m + latest.speed_m_s * self.lane.robot_reaction_s
             self._request_cut("routine", target, latest.totalizer_t, None)
@@ -472,8 +474,27 @@ class LaneCore:
                      ev.end_m, ev.likely_class, ev.peak_score)
             if ev.likely_class == "radiation" and not self.lane.radiation_cut:
                 return  # radiation alarms are placed on the belt; cutting them is a site's choice
-            self._request_cut("targeted", ev.peak_position_m, ev.tonnage_t, ev.event_id,
-                              scores={"peak_score": ev.peak_score}, likely_class=ev.likely_class)
+            if not ev.cut_requested:
+                self._request_cut("targeted", ev.peak_position_m, ev.tonnage_t, ev.event_id,
+                                  scores={"peak_score": ev.peak_score}, likely_class=ev.likely_class)
+
+    def _cut_open_event_before_its_peak_passes(self, position_m: float, speed_m_s: float) -> None:
+        """An event is cut on its peak when it closes; one still open when that peak comes within
+        OPEN_EVENT_CUT_LEAD_M of the point where its cut must be commanded is cut on its peak so far instead,
+        or the ore would pass the cutter first (an event longer than about the cutter distance)."""
+        ev = self.events.current
+        if ev is None or not ev.announced or ev.cut_requested:
+            return
+        if ev.likely_class == "radiation" and not self.lane.radiation_cut:
+            return
+        fire_m = ev.peak_position_m + self.lane.cutter_distance_m - speed_m_s * self.lane.robot_reaction_s
+        if position_m < fire_m - OPEN_EVENT_CUT_LEAD_M:
+            return
+        ev.cut_requested = True
+        log.info("lane %s: event %s still open %.1f m after its peak: cutting its peak so far", self.lane.id,
+                 ev.event_id, position_m - ev.peak_position_m)
+        self._request_cut("targeted", ev.peak_position_m, ev.tonnage_t, ev.event_id,
+                          scores={"peak_score": ev.peak_score}, likely_class=ev.likely_class)
 
     def _request_cut(self, kind: str, target_m: float, tonnage_t: float, event_id: str | None,
                      scores: dict | None = None, likely_class: str | None = None) -> None:

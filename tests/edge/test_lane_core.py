@@ -279,6 +279,28 @@ def test_spectra_before_the_references_are_held_and_judged_when_both_arrive(tmp_
         assert [leaf for leaf, _ in published if leaf != "belt"] == ["results/spectra"]
 
 
+def test_an_event_longer_than_the_cutter_distance_is_cut_on_its_peak_while_still_open(lane_core, instrument):
+    make, clock, published, plc = lane_core
+    core = make()  # cutter 20 m from the sensors; the belt runs at 3 m/s
+    rng = np.random.default_rng(6)
+    w = instrument.wavelengths_nm
+
+    def plastic_from_5_to_25_s(n):  # 60 m of contaminated ore
+        since = clock[0] - 1_000.0
+        refl = (synth.mixed_reflectance("plastic", 0.6, w, n, rng) if 5.0 <= since < 25.0
+                else synth.ore_reflectance(w, n, rng))
+        return instrument.counts(refl, rng)
+
+    run_belt(core, clock, 35.0, instrument, rng, counts_fn=plastic_from_5_to_25_s)
+    events = [e for e in events_of(published) if e.state == "closed"]
+    assert len(events) == 1 and events[0].end_m - events[0].start_m > 50.0
+    records = [msg.SampleRecord.from_json(p) for leaf, p in published if leaf == "samples/record"]
+    targeted = [r for r in records if r.sample_kind == "targeted" and r.status in ("cut", "missed")]
+    assert [r.status for r in targeted] == ["cut"], [(r.status, r.reason) for r in targeted]
+    assert targeted[0].event_id == events[0].event_id
+    assert abs(targeted[0].belt_position_m - events[0].peak_position_m) <= 0.5
+
+
 def test_a_lane_set_to_segments_publishes_one_aggregate_per_settled_segment_instead_of_spectra(lane_core,
                                                                                               instrument):
     make, clock, published, plc = lane_core
