@@ -306,8 +306,9 @@ class LaneCore:
         position = self.tracker.position_at(t_s)
         objects = []
         for det in detector.detect(image):
-            # ore further along the direction of travel passed the sensors earlier: smaller belt coordinate
-            along = position - det.along_m_offset
+            # ore further along the direction of travel passed the sensors earlier: smaller belt coordinate;
+            # a camera downstream of the spectrometer's spot sees ore that passed that spot earlier too
+            along = position - self.lane.camera_offset_m - det.along_m_offset
             if not self.fuser.add_camera_object(along, det.score, frame.seq, self.tracker.tonnage_at(t_s)):
                 self.counters.late_objects += 1
             objects.append({"area_cm2": round(det.area_cm2, 2), "bbox_px": list(map(int, det.bbox_px)),
@@ -441,11 +442,12 @@ class LaneCore:
         sensors now. Spectra are handled some tenths of a second after they are taken (more while the daemon
         searches a camera frame or catches up after a restart); a segment settled on the clock alone is handed
         over with only its first few spectra, the rest refused as late, and one stray flag among so few opens
-        an event. Waits at most SPECTRA_WAIT_S for spectra that do not come."""
+        an event. Waits at most SPECTRA_WAIT_S for spectra that do not come. A camera downstream of the
+        spectrometer's spot (camera_offset_m > 0) sees a stretch of belt that much later, so that much less."""
         floor_m = self.tracker.position_at(now_s - SPECTRA_WAIT_S)
-        if self._spectra_until_s is None:
-            return floor_m
-        return max(floor_m, min(position_m, self.tracker.position_at(self._spectra_until_s)))
+        if self._spectra_until_s is not None:
+            floor_m = max(floor_m, min(position_m, self.tracker.position_at(self._spectra_until_s)))
+        return floor_m - max(0.0, self.lane.camera_offset_m)
 
     def next_cut_due_s(self, now_s: float) -> float | None:
         """When the next pending cut falls due (clock seconds), extrapolated at the current belt speed."""

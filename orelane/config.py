@@ -96,6 +96,7 @@ class LaneConfig:
     snr_min: float = 50.0  # health alarm: median signal-to-noise of the spectra
     lamp_drift_max_fraction: float = 0.05  # health alarm: white reference changed this much since the first one
     camera_fps_min: float = 2.0  # health alarm: camera frame rate below this (when frames have been seen)
+    camera_offset_m: float = 0.0  # from the spectrometer's spot to the camera's centre row, + in the travel direction
     results: str = "spectra"  # "spectra": a result per spectrum; "segments": one aggregate per belt segment
 
 
@@ -231,6 +232,7 @@ def _lane(t: _Table) -> LaneConfig:
         snr_min=t.get("snr_min", float, 50.0, low=0),
         lamp_drift_max_fraction=t.get("lamp_drift_max_fraction", float, 0.05, low=0, low_open=True, high=1.0),
         camera_fps_min=t.get("camera_fps_min", float, 2.0, low=0),
+        camera_offset_m=t.get("camera_offset_m", float, 0.0, low=-20.0, high=20.0),
         results=t.get("results", str, "spectra"),
     )
     if lane.results not in RESULT_MODES:

@@ -301,6 +301,24 @@ def test_an_event_longer_than_the_cutter_distance_is_cut_on_its_peak_while_still
     assert abs(targeted[0].belt_position_m - events[0].peak_position_m) <= 0.5
 
 
+@pytest.mark.parametrize("camera_offset_m", [0.0, 3.0])
+def test_a_camera_downstream_of_the_spectrometer_places_objects_that_far_back_and_none_too_late(
+        lane_core, instrument, camera_offset_m):
+    make, clock, published, plc = lane_core
+    core = make(camera_offset_m=camera_offset_m)
+    rng = np.random.default_rng(8)
+    run_belt(core, clock, 5.0, instrument, rng)
+    cam = camera.SimulatedCamera(rng=np.random.default_rng(9))
+    wood = camera.SceneObject("wood", 0.8, 0.6, 0.15, 0.2)  # in the middle of the frame
+    core.handle_frame(msg.CameraFrame(LANE, 1, int(clock[0] * 1e9), 2.5, cam.frame([wood])[0]))
+    (result,) = [msg.FrameResult.from_json(p) for leaf, p in published if leaf == "results/frames"]
+    found = max(result.objects, key=lambda o: o["score"])
+    assert found["along_m"] == pytest.approx(core.tracker.position_at(clock[0]) - camera_offset_m, abs=0.03)
+    assert core.counters.late_objects == 0  # its segment waited for the camera
+    run_belt(core, clock, 5.0, instrument, rng)
+    assert any(e.state == "closed" for e in events_of(published))  # the wood, on the camera alone
+
+
 def test_a_lane_set_to_segments_publishes_one_aggregate_per_settled_segment_instead_of_spectra(lane_core,
                                                                                               instrument):
     make, clock, published, plc = lane_core
