@@ -26,8 +26,9 @@ class BeltSample:
 class BeltTracker:
     """Readings kept in growing numpy columns, so a batch of spectra is placed with one np.interp."""
 
-    def __init__(self, history_s: float = 900.0):
+    def __init__(self, history_s: float = 900.0, max_trapezoid_s: float = MAX_TRAPEZOID_S):
         self.history_s = history_s
+        self.max_trapezoid_s = max_trapezoid_s  # a longer gap between readings is an outage, not a speed ramp
         self._cols = np.empty((4, 1024))  # t_s, position_m, speed_m_s, totalizer_t
         self._start = self._end = 0
 
@@ -40,7 +41,7 @@ class BeltTracker:
     def update(self, t_s: float, speed_m_s: float, totalizer_t: float) -> BeltSample:
         """Add a belt-scale reading; position advances by the trapezoid of the last two speeds.
 
-        After a gap longer than MAX_TRAPEZOID_S (the link was down) it advances at the last speed instead:
+        After a gap longer than max_trapezoid_s (the link was down) it advances at the last speed instead:
         that is where position_at put everything measured meanwhile, so the coordinate does not jump under
         evidence already placed and cuts already aimed."""
         last = self.latest
@@ -50,7 +51,7 @@ class BeltTracker:
             return last  # a reading out of order adds nothing
         else:
             gap_s = t_s - last.t_s
-            mean_speed = last.speed_m_s if gap_s > MAX_TRAPEZOID_S else 0.5 * (last.speed_m_s + speed_m_s)
+            mean_speed = last.speed_m_s if gap_s > self.max_trapezoid_s else 0.5 * (last.speed_m_s + speed_m_s)
             position = last.position_m + mean_speed * gap_s
         if self._end == self._cols.shape[1]:
             self._make_room(t_s)

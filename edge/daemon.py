@@ -103,7 +103,7 @@ class LaneDaemon:
         if reading is not None:
             self.core.on_belt_reading(now_s, reading)
         if self.radiation is not None:
-            self.core.on_radiation_reading(self.radiation.read())
+            self.core.on_radiation_reading(self.radiation.read(), self.radiation.link_up)
         self.core.step(now_s)
 
     def _guarded(self, fn, *args) -> None:

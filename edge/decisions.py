@@ -18,8 +18,9 @@ def _most_voted_named(votes: Counter) -> str | None:
     return max(named)[1] if named else None
 
 
-# Settled segments with spectra whose median count is the lane's usual count (see Segment.nir_score): 25 of
-# 0.5 m are 12.5 m of belt, a few seconds, so the count follows the belt's speed.
+# Settled segments with spectra over which the lane's usual count is a median (see Segment.nir_score): 25 of
+# 0.5 m are 12.5 m of belt, a few seconds. Counts are kept times the belt speed (spectra per second, which the
+# spectrometer holds steady) and divided by the speed of the day, so the usual count follows a speed change at once.
 _USUAL_OVER_SEGMENTS = 25
 
 
@@ -51,7 +52,7 @@ class Segment:
 
         The share is taken of at least half the lane's usual count: a segment whose spectra mostly came too
         late (a broker restart) would otherwise turn one stray flag among two spectra into a certain 50 %.
-        Half, so that the belt speeding up to twice its pace (half the spectra per segment) costs nothing."""
+        The usual count follows the belt's speed; half of it leaves room for a spectrometer that slows down."""
         if self.n_spectra == 0:
             return 0.0
         share = self.n_flagged / max(self.n_spectra, 0.5 * self.usual_spectra)
@@ -91,7 +92,8 @@ class SegmentFuser:
         self.settle_m = settle_m  # late messages may still land this far behind the sensors
         self._open: dict[int, Segment] = {}
         self._next_index: int | None = None
-        self._recent_counts: deque[int] = deque(maxlen=_USUAL_OVER_SEGMENTS)
+        self._recent_rates: deque[float] = deque(maxlen=_USUAL_OVER_SEGMENTS)  # spectra x belt speed (m/s)
+        self._speed_m_s = 1.0  # the last speed seen moving
 
     def _segment(self, position_m: float) -> Segment | None:
         index = math.floor(position_m / self.segment_length_m)
@@ -146,8 +148,11 @@ class SegmentFuser:
         if seg is not None:
             seg.radiation_alarm = True
 
-    def settled(self, sensor_position_m: float) -> list[Segment]:
-        """Segments wholly behind the sensors by settle_m, in belt order, including empty ones."""
+    def settled(self, sensor_position_m: float, speed_m_s: float = 1.0) -> list[Segment]:
+        """Segments wholly behind the sensors by settle_m, in belt order, including empty ones.
+        `speed_m_s` is the belt's speed now, which their spectra came at (near enough: they are a metre back)."""
+        if speed_m_s > 0:
+            self._speed_m_s = speed_m_s
         limit = math.floor((sensor_position_m - self.settle_m) / self.segment_length_m)
         if self._next_index is None:
             if not self._open:
@@ -157,10 +162,10 @@ class SegmentFuser:
         while self._next_index < limit:
             i = self._next_index
             seg = self._open.pop(i, None) or Segment(i, i * self.segment_length_m, (i + 1) * self.segment_length_m)
-            if self._recent_counts:
-                seg.usual_spectra = float(np.median(self._recent_counts))
+            if self._recent_rates:
+                seg.usual_spectra = float(np.median(self._recent_rates)) / self._speed_m_s
             if seg.n_spectra:
-                self._recent_counts.append(seg.n_spectra)
+                self._recent_rates.append(seg.n_spectra * self._speed_m_s)
             out.append(seg)
             self._next_index += 1
         return out

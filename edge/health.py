@@ -40,6 +40,9 @@ class RateMeter:
         self.stale_after_s = stale_after_s
 
     def add(self, t_s: float, arrived_s: float | None = None) -> None:
+        if (arrived_s is not None and self._last_arrival_s is not None
+                and arrived_s - self._last_arrival_s > self.stale_after_s):
+            self._times.clear()  # the camera was stopped: its rate starts again from the frames now coming
         self._times.append(t_s)
         self._last_arrival_s = arrived_s
 
@@ -66,4 +69,5 @@ def alarms(health: dict, lane) -> dict[str, int]:
         "alarm_belt_scale_fault": int(bool(health.get("belt_scale_fault", 0))),
         "alarm_robot_link": int(not health.get("robot_link_up", 0)),
         "alarm_radiation_link": int(lane.radiation is not None and not health.get("radiation_link_up", 0)),
+        "alarm_radiation_fault": int(lane.radiation is not None and bool(health.get("radiation_fault", 0))),
     }

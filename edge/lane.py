@@ -19,7 +19,7 @@ from typing import Callable
 import numpy as np
 
 from edge import camera, health as instrument_health
-from edge.belt import BeltTracker
+from edge.belt import MAX_TRAPEZOID_S, BeltTracker
 from edge.decisions import EventDetector, EventUpdate, SegmentFuser
 from edge.trigger import CutScheduler, PendingCut, RoutineSchedule
 from orelane.config import LaneConfig
@@ -76,7 +76,8 @@ class LaneCore:
         self.site_id, self.lane, self.model, self.registry, self.clock = site_id, lane, model, registry, clock
         self.robot, self._publish = robot, publish
         self.counters = LaneCounters()
-        self.tracker = BeltTracker()
+        # a gap of three polls between readings is an outage (the trapezoid would smear a stop over it)
+        self.tracker = BeltTracker(max_trapezoid_s=max(MAX_TRAPEZOID_S, 3 * lane.belt_poll_interval_s))
         self.fuser = SegmentFuser(lane.segment_length_m)
         self._event_ids = itertools.count(1)
         self.events = EventDetector(lane.event_open_score, lane.event_close_score, lane.event_close_after_m,
@@ -112,6 +113,7 @@ class LaneCore:
         self.camera_exposure: dict[str, float] = {}
         self.radiation_dose_usv_h = 0.0
         self.radiation_link_up = False
+        self.radiation_fault = False
         self._alarms_on: set[str] = set()
         self._lot_start_m: float | None = None
         self._brand_votes = np.zeros(len(getattr(model, "brand_names", ()) or ()), dtype=np.int64)
@@ -316,7 +318,9 @@ class LaneCore:
                             "score": round(det.score, 3)})
         self.counters.objects_detected += len(objects)
         max_score = max((o["score"] for o in objects), default=0.0)
-        self._publish("results/frames", msg.FrameResult(self.lane.id, frame.seq, t_s, position, max_score,
+        # the frame is placed as its objects are: on the belt coordinate of the ore it shows
+        self._publish("results/frames", msg.FrameResult(self.lane.id, frame.seq, t_s,
+                                                         position - self.lane.camera_offset_m, max_score,
                                                          tuple(objects)).to_json())
 
     def handle_lot(self, lot: msg.Lot) -> None:
@@ -359,25 +363,35 @@ class LaneCore:
     def on_belt_reading(self, now_s: float, reading: dict[str, float]) -> None:
         """A belt-scale reading (BELT_SCALE register values) taken at now_s.
 
-        While the integrator reports its speed sensor faulted, the reading is not used: belt tracking carries
-        on at the last good speed, as with the link down, and alarm_belt_scale_fault says so."""
+        While the integrator reports its speed sensor faulted, its speed is not used: belt tracking carries
+        on at the last good speed, as with the link down, the totalizer still counts for routine increments,
+        and alarm_belt_scale_fault says so."""
         self.belt_scale_status = int(reading.get("status", SCALE_RUNNING))
+        speed_m_s = reading["speed_m_s"]
         if self.belt_scale_status & SCALE_SPEED_FAULT:
-            return
-        sample = self.tracker.update(now_s, reading["speed_m_s"], reading["totalizer_t"])
+            latest = self.tracker.latest
+            speed_m_s = latest.speed_m_s if latest else 0.0
+        sample = self.tracker.update(now_s, speed_m_s, reading["totalizer_t"])
         if now_s - self._last_belt_pub_s >= 0.5:
             self._last_belt_pub_s = now_s
             self._publish("belt", msg.BeltState(self.lane.id, now_s, sample.position_m, sample.speed_m_s,
                                                 reading["flow_t_h"], sample.totalizer_t).to_json())
 
-    def on_radiation_reading(self, reading: dict[str, float] | None) -> None:
+    def on_radiation_reading(self, reading: dict[str, float] | None, link_up: bool | None = None) -> None:
         """A gamma portal reading; an alarm (the portal's own, or the dose over the lane's threshold) is placed
-        on the belt under the sensors like any other evidence. None (the read failed) places nothing: the
-        lane cannot say the ore is hot, and the health alarm alarm_radiation_link says it cannot say it is not."""
-        self.radiation_link_up = reading is not None
+        on the belt under the sensors like any other evidence.
+
+        None with the link down (the read failed) places nothing: the lane cannot say the ore is hot, and
+        alarm_radiation_link says it cannot say it is not. None with the link up (the portal answered values out
+        of range) keeps the alarm as it was, since nonsense neither starts nor ends one, and raises
+        alarm_radiation_fault, as does the portal reporting its own fault (alarm 2)."""
+        self.radiation_link_up = reading is not None if link_up is None else link_up
         if reading is None:
-            self.radiation_alarm = False
+            if not self.radiation_link_up:
+                self.radiation_alarm = False
+            self.radiation_fault = self.radiation_link_up
             return
+        self.radiation_fault = reading["alarm"] == 2
         self.radiation_dose_usv_h = reading["dose_rate_usv_h"]
         self.radiation_alarm = reading["alarm"] == 1 or reading["dose_rate_usv_h"] > self.lane.radiation_threshold_usv_h
 
@@ -422,7 +436,7 @@ class LaneCore:
         position = self.tracker.position_at(now_s)
         if self.radiation_alarm:
             self.fuser.add_radiation_alarm(position)
-        for segment in self.fuser.settled(self._settle_position(now_s, position)):
+        for segment in self.fuser.settled(self._settle_position(now_s, position), latest.speed_m_s):
             if self.lane.results == "segments":
                 self._publish("results/segments", msg.SegmentResult(
                     self.lane.id, self.model.version, now_s, segment.start_m, segment.end_m, segment.n_spectra,
@@ -432,7 +446,11 @@ class LaneCore:
             for update in self.events.feed(segment):
                 self._on_event(update, position, latest.speed_m_s)
         self._cut_open_event_before_its_peak_passes(position, latest.speed_m_s)
-        for _ in range(self.routine.due(latest.totalizer_t)):
+        crossed = self.routine.due(latest.totalizer_t)
+        if crossed > 1:  # several cuts aimed at the same ore would only queue behind each other and be missed
+            log.warning("lane %s: the belt scale's totalizer passed %d routine increments at once (%.1f t); "
+                        "one cut for them", self.lane.id, crossed, latest.totalizer_t)
+        if crossed:
             target = position - self.lane.cutter_distance_m + latest.speed_m_s * self.lane.robot_reaction_s
             self._request_cut("routine", target, latest.totalizer_t, None)
         self._drive_robot(position, latest.speed_m_s)
@@ -454,8 +472,15 @@ class LaneCore:
         latest = self.tracker.latest
         if latest is None:
             return None
-        wait_s = self.scheduler.next_fire_in_s(self.tracker.position_at(now_s), latest.speed_m_s)
-        return None if wait_s is None else now_s + wait_s
+        position_m = self.tracker.position_at(now_s)
+        waits = [self.scheduler.next_fire_in_s(position_m, latest.speed_m_s)]
+        for target_m in self._open_event_targets_m():  # wake also where an open event's cut must be requested
+            lead_m = (target_m + self.lane.cutter_distance_m - latest.speed_m_s * self.lane.robot_reaction_s
+                      - OPEN_EVENT_CUT_LEAD_M - position_m)
+            if latest.speed_m_s > 0 and lead_m > 0:
+                waits.append(lead_m / latest.speed_m_s)
+        waits = [w for w in waits if w is not None]
+        return now_s + min(waits) if waits else None
 
     def _on_event(self, update: EventUpdate, position_m: float, speed_m_s: float) -> None:
         ev = update.event
@@ -480,15 +505,22 @@ class LaneCore:
                 self._request_cut("targeted", ev.peak_position_m, ev.tonnage_t, ev.event_id,
                                   scores={"peak_score": ev.peak_score}, likely_class=ev.likely_class)
 
+    def _open_event_targets_m(self) -> tuple[float, ...]:
+        """The peak of an announced event not yet cut: a targeted cut is coming there, so routine cuts wait."""
+        ev = self.events.current
+        if ev is None or not ev.announced or ev.cut_requested:
+            return ()
+        if ev.likely_class == "radiation" and not self.lane.radiation_cut:
+            return ()
+        return (ev.peak_position_m,)
+
     def _cut_open_event_before_its_peak_passes(self, position_m: float, speed_m_s: float) -> None:
         """An event is cut on its peak when it closes; one still open when that peak comes within
         OPEN_EVENT_CUT_LEAD_M of the point where its cut must be commanded is cut on its peak so far instead,
         or the ore would pass the cutter first (an event longer than about the cutter distance)."""
+        if not self._open_event_targets_m():
+            return
         ev = self.events.current
-        if ev is None or not ev.announced or ev.cut_requested:
-            return
-        if ev.likely_class == "radiation" and not self.lane.radiation_cut:
-            return
         fire_m = ev.peak_position_m + self.lane.cutter_distance_m - speed_m_s * self.lane.robot_reaction_s
         if position_m < fire_m - OPEN_EVENT_CUT_LEAD_M:
             return
@@ -568,7 +600,7 @@ class LaneCore:
             reason = cut.last_refusal or "ore passed the cutter before the cut could be commanded"
             self._record_cut(cut, "missed", f"missed sampling opportunity: {reason}")
             self.counters.cuts_missed += 1
-        due = self.scheduler.due(position_m, speed_m_s)
+        due = self.scheduler.due(position_m, speed_m_s, self._open_event_targets_m())
         if not due:
             return
         cut = due[0]
@@ -646,6 +678,7 @@ class LaneCore:
             "camera_saturated_fraction": round(self.camera_exposure.get("saturated_fraction", 0.0), 4),
             "radiation_dose_usv_h": round(self.radiation_dose_usv_h, 3),
             "radiation_link_up": int(self.radiation_link_up),
+            "radiation_fault": int(self.radiation_fault),
         }
         found = instrument_health.alarms(health, self.lane)
         raised = {name for name, on in found.items() if on}

@@ -60,12 +60,15 @@ class CutScheduler:
         ahead = [a for a in ahead if a > 0]
         return min(ahead) / speed_m_s if ahead else None
 
-    def due(self, position_m: float, speed_m_s: float) -> list[PendingCut]:
+    def due(self, position_m: float, speed_m_s: float, coming_targets_m: tuple[float, ...] = ()) -> list[PendingCut]:
         """Cuts to command now, targeted first. A routine cut waits while a targeted cut would fire
-        before the robot finished the routine cycle, so routine sampling never costs a targeted sample."""
+        before the robot finished the routine cycle, so routine sampling never costs a targeted sample.
+        `coming_targets_m` are targets of targeted cuts not requested yet (an event still open), which
+        hold routine cuts back in the same way."""
         busy_m = speed_m_s * (self.robot_cycle_s + CYCLE_MARGIN_S)
-        targeted_soon = any(c.kind == "targeted" and position_m <= self.fire_position_m(c, speed_m_s)
-                            <= position_m + busy_m for c in self.pending)
+        fire_m = [self.fire_position_m(c, speed_m_s) for c in self.pending if c.kind == "targeted"]
+        fire_m += [t + self.cutter_distance_m - speed_m_s * self.reaction_s for t in coming_targets_m]
+        targeted_soon = any(position_m <= f <= position_m + busy_m for f in fire_m)
         due = [c for c in self.pending
                if self.fire_position_m(c, speed_m_s) <= position_m <= self.fire_position_m(c, speed_m_s)
                + self._window_m(c, speed_m_s) and not (c.kind == "routine" and targeted_soon)]

@@ -150,6 +150,17 @@ def test_a_segment_whose_spectra_mostly_came_late_is_scored_against_the_usual_co
     assert segments[0].usual_spectra == 0.0 and segments[0].nir_score == 0.0
 
 
+def test_the_usual_count_follows_the_belt_speed_so_a_faster_belt_costs_no_evidence():
+    fuser = SegmentFuser(0.5, settle_m=1.0)
+    spectra_on_segments(fuser, [30] * 30, [0] * 30)
+    assert len(fuser.settled(30 * 0.5 + 1.0, speed_m_s=1.0)) == 30
+    # the belt three times as fast: 10 spectra a segment, plastic in 4 of them (40 %, certain)
+    spectra_on_segments(fuser, [30] * 30 + [10] * 5, [0] * 30 + [4] * 5)
+    fast = fuser.settled(35 * 0.5 + 1.0, speed_m_s=3.0)
+    assert [s.usual_spectra for s in fast] == pytest.approx([10.0] * 5)
+    assert [s.nir_score for s in fast] == pytest.approx([1.0] * 5)  # against half of 30 it would be 0.67
+
+
 def test_camera_evidence_seen_in_two_frames_counts_fully_one_frame_half():
     fuser = SegmentFuser(0.5)
     fuser.add_camera_object(0.7, 0.95, frame_seq=4, tonnage_t=1.0)
@@ -209,6 +220,13 @@ def test_routine_cut_waits_for_an_imminent_targeted_cut():
     assert [c.sample_id for c in sched.due(36.0, 3.0)] == [1]
 
 
+def test_routine_cut_waits_for_the_cut_of_an_event_still_open():
+    sched = CutScheduler(30.0, 0.0, robot_cycle_s=10.0)
+    sched.add(PendingCut(1, "routine", 0.0, 0.0))  # fires at 30 m
+    assert sched.due(30.0, 3.0, coming_targets_m=(5.0,)) == []  # the open event's cut would fire at 35 m
+    assert [c.sample_id for c in sched.due(30.0, 3.0, coming_targets_m=(40.0,))] == [1]  # at 70 m: time enough
+
+
 def test_routine_schedule_counts_every_crossed_increment():
     routine = RoutineSchedule(50.0)
     assert routine.due(10.0) == 0  # first reading sets the start
@@ -238,6 +256,13 @@ def test_belt_coordinate_does_not_jump_when_readings_return_after_an_outage():
     assert tracker.latest.position_m == pytest.approx(15.0)
     tracker.update(5.1, 1.0, 0.0)  # regular polls again: the trapezoid
     assert tracker.latest.position_m == pytest.approx(15.1)
+
+
+def test_a_tracker_polled_every_2_s_integrates_speed_changes_between_its_readings():
+    tracker = BeltTracker(max_trapezoid_s=6.0)  # three polls of 2 s
+    tracker.update(0.0, 3.0, 0.0)
+    tracker.update(2.0, 1.0, 0.0)  # slowing down: the trapezoid, not the last speed
+    assert tracker.latest.position_m == pytest.approx(4.0)
 
 
 def test_named_class_beats_unknown_votes():

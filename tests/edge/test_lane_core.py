@@ -116,6 +116,27 @@ def test_a_gamma_portal_that_cannot_be_read_places_no_alarm_and_raises_a_link_al
     assert not core.radiation_alarm and core.health()["alarm_radiation_link"] == 1
 
 
+def test_a_gamma_portal_answering_nonsense_keeps_its_alarm_and_raises_a_fault_alarm(lane_core):
+    make, clock, published, plc = lane_core
+    core = make(radiation_threshold_usv_h=0.5, radiation={"host": "127.0.0.1", "port": 1})
+    core.on_radiation_reading({"dose_rate_usv_h": 2.0, "background_usv_h": 0.1, "alarm": 0}, link_up=True)
+    core.on_radiation_reading(None, link_up=True)  # the link works; the values were refused as out of range
+    health = core.health()
+    assert core.radiation_alarm and health["alarm_radiation_link"] == 0 and health["alarm_radiation_fault"] == 1
+    core.on_radiation_reading({"dose_rate_usv_h": 0.1, "background_usv_h": 0.1, "alarm": 2}, link_up=True)
+    assert not core.radiation_alarm and core.health()["alarm_radiation_fault"] == 1  # the portal's own fault
+    core.on_radiation_reading({"dose_rate_usv_h": 0.1, "background_usv_h": 0.1, "alarm": 0}, link_up=True)
+    assert core.health()["alarm_radiation_fault"] == 0
+
+
+def test_every_numeric_health_field_is_one_the_dashboards_know(lane_core):
+    from dashboards import schema
+    make, clock, published, plc = lane_core
+    health = make().health()
+    numeric = {k for k, v in health.items() if isinstance(v, (int, float))}
+    assert numeric == set(schema.HEALTH_FIELDS + schema.HEALTH_ALARMS)
+
+
 @pytest.mark.parametrize("declared, actual, mismatch", [
     ("hematite_lump_63", "hematite_lump_63", False),
     ("hematite_lump_63", "goethite_fines_58", True),
@@ -137,8 +158,6 @@ def test_health_alarms_follow_saturation_lamp_drift_and_reference_age(lane_core,
     make, clock, published, plc = lane_core
     core = make(reference_max_age_s=60.0)
     assert core.health()["robot_state"] in (-1, 0)
-    from dashboards.schema import HEALTH_FIELDS
-    assert set(HEALTH_FIELDS) <= set(core.health()), "the dashboards read health fields the edge publishes"
     rng = np.random.default_rng(3)
     run_belt(core, clock, 2.0, instrument, rng)
     h = core.health()
@@ -185,6 +204,10 @@ def test_a_camera_that_stops_sending_shows_a_frame_rate_of_zero_and_raises_its_a
     clock[0] += 2.0
     h = core.health()
     assert h["camera_fps"] == 0.0 and h["alarm_camera_fps"] == 1
+    for seq in range(12, 15):  # the camera is back at 2 frames/s: its rate is of the frames since, not the gap
+        clock[0] += 0.5
+        core.handle_frame(msg.CameraFrame(LANE, seq, int(clock[0] * 1e9), 2.5, cam.frame()[0]))
+    assert core.health()["camera_fps"] == pytest.approx(2.0)
 
 
 def test_a_faulted_speed_sensor_is_not_trusted_and_raises_the_belt_scale_alarm(lane_core):
@@ -195,10 +218,12 @@ def test_a_faulted_speed_sensor_is_not_trusted_and_raises_the_belt_scale_alarm(l
         core.on_belt_reading(clock[0], {"speed_m_s": 3.0, "totalizer_t": 0.0, "flow_t_h": 3000.0, "status": 1})
     assert core.health()["alarm_belt_scale_fault"] == 0
     position = core.tracker.position_at(clock[0])
-    for _ in range(10):  # the faulted sensor reads 0: the belt carries on at its last good speed
+    for i in range(10):  # the faulted sensor reads 0: the belt carries on at its last good speed
         clock[0] += 0.1
-        core.on_belt_reading(clock[0], {"speed_m_s": 0.0, "totalizer_t": 0.0, "flow_t_h": 3000.0, "status": 1 | 2})
+        core.on_belt_reading(clock[0], {"speed_m_s": 0.0, "totalizer_t": 0.1 * (i + 1), "flow_t_h": 3000.0,
+                                        "status": 1 | 2})
     assert core.tracker.position_at(clock[0]) == pytest.approx(position + 3.0)
+    assert core.tracker.latest.totalizer_t == pytest.approx(1.0)  # the tonnage still counts for routine sampling
     assert core.health()["alarm_belt_scale_fault"] == 1
     core.on_belt_reading(clock[0] + 0.1, {"speed_m_s": 3.0, "totalizer_t": 0.0, "flow_t_h": 3000.0, "status": 1 | 4})
     assert core.health()["alarm_belt_scale_fault"] == 1  # a load-cell fault: tracked, but the tonnage is doubtful
@@ -301,6 +326,27 @@ def test_an_event_longer_than_the_cutter_distance_is_cut_on_its_peak_while_still
     assert abs(targeted[0].belt_position_m - events[0].peak_position_m) <= 0.5
 
 
+def test_a_routine_increment_falling_due_while_an_event_is_open_waits_for_the_event_s_cut(lane_core,
+                                                                                                   instrument):
+    make, clock, published, plc = lane_core
+    # the first increment falls due 8 s in: after the event opened at 15 m (5 s), before its cut is due (~10 s)
+    core = make(routine_increment_t=9.6, robot_cycle_s=20.0)
+    rng = np.random.default_rng(6)
+    w = instrument.wavelengths_nm
+
+    def plastic_from_5_to_25_s(n):
+        since = clock[0] - 1_000.0
+        refl = (synth.mixed_reflectance("plastic", 0.6, w, n, rng) if 5.0 <= since < 25.0
+                else synth.ore_reflectance(w, n, rng))
+        return instrument.counts(refl, rng)
+
+    run_belt(core, clock, 60.0, instrument, rng, counts_fn=plastic_from_5_to_25_s)
+    records = [msg.SampleRecord.from_json(p) for leaf, p in published if leaf == "samples/record"]
+    targeted = [r for r in records if r.sample_kind == "targeted" and r.status in ("cut", "missed")]
+    assert [r.status for r in targeted] == ["cut"], [(r.status, r.reason) for r in targeted]
+    assert any(r.sample_kind == "routine" and r.status == "cut" for r in records)  # routine sampling went on
+
+
 @pytest.mark.parametrize("camera_offset_m", [0.0, 3.0])
 def test_a_camera_downstream_of_the_spectrometer_places_objects_that_far_back_and_none_too_late(
         lane_core, instrument, camera_offset_m):
@@ -314,6 +360,7 @@ def test_a_camera_downstream_of_the_spectrometer_places_objects_that_far_back_an
     (result,) = [msg.FrameResult.from_json(p) for leaf, p in published if leaf == "results/frames"]
     found = max(result.objects, key=lambda o: o["score"])
     assert found["along_m"] == pytest.approx(core.tracker.position_at(clock[0]) - camera_offset_m, abs=0.03)
+    assert result.belt_position_m == pytest.approx(core.tracker.position_at(clock[0]) - camera_offset_m)
     assert core.counters.late_objects == 0  # its segment waited for the camera
     run_belt(core, clock, 5.0, instrument, rng)
     assert any(e.state == "closed" for e in events_of(published))  # the wood, on the camera alone
