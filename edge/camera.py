@@ -442,8 +442,9 @@ class Detection:
     across_m is measured from the left image edge; along_m_offset from the
     image centre row, positive in the direction of belt travel (down the
     image). The lane places a detection at the belt coordinate under the
-    sensors at the frame's time minus along_m_offset: ore further along the
-    direction of travel passed the sensors earlier.
+    sensors at the frame's time minus the lane's camera_offset_m minus
+    along_m_offset: ore further along the direction of travel passed the
+    sensors earlier.
     """
 
     area_cm2: float
@@ -787,6 +788,7 @@ def _alarm_score(contrast_ratio, area_cm2, solidity, rectangularity, rim_ratio=1
     while bright or smooth ore is not a mineral of its own.
     """
     shape = 0.5 * (solidity + rectangularity)
+    area_cm2 = np.maximum(area_cm2, 1e-6)  # a degenerate region scores as a speck, not a division by zero
     evidence = (_SCORE_CONTRAST * (contrast_ratio - 1.0) + _SCORE_AREA * np.log(area_cm2 / _SCORE_AREA_CM2)
                 + _SCORE_SHAPE * (shape - 0.75) + _SCORE_RIM * np.minimum(rim_ratio - _SCORE_RIM_FLAT, 0.0)
                 - _SCORE_LUMP * np.asarray(colour) * np.maximum(np.log(_LUMP_CM2 / area_cm2), 0.0))

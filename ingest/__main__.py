@@ -1,7 +1,7 @@
 """`python -m ingest run|replay`: the ingest worker and the replay tool without the `orelane` command.
 
-`run` takes the settings that have no configuration key yet as options (see
-docs/ingest.md for the proposed [ingest] keys); `replay` is
+`run` is `orelane ingest run` with a few of the site file's [ingest] keys overridable
+from the command line (tests and the bench give each worker its own buffer); `replay` is
 `orelane ingest replay` (ingest.replay.main).
 """
 
@@ -24,9 +24,9 @@ def _run(argv: list[str]) -> int:
     p.add_argument("--client-id", default=None, help="MQTT client id (unique per worker, stable across restarts)")
     p.add_argument("--share-group", default=None, help="MQTT 5 shared-subscription group for scale-out")
     p.add_argument("--buffer-dir", type=Path, default=None)
-    p.add_argument("--buffer-limit-bytes", type=int, default=IngestOptions.buffer_limit_bytes)
+    p.add_argument("--buffer-limit-bytes", type=int, default=None)
     p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics (0: any free port)")
-    p.add_argument("--health-interval-s", type=float, default=IngestOptions.health_interval_s)
+    p.add_argument("--health-interval-s", type=float, default=None)
     p.add_argument("--deadletter-file", type=Path, default=None)
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
@@ -37,9 +37,10 @@ def _run(argv: list[str]) -> int:
     except ConfigError as exc:
         print(f"ingest: configuration error: {exc}", file=sys.stderr)
         return 2
-    options = IngestOptions(buffer_dir=args.buffer_dir, buffer_limit_bytes=args.buffer_limit_bytes,
-                            metrics_port=args.metrics_port, health_interval_s=args.health_interval_s,
-                            deadletter_file=args.deadletter_file)
+    overrides = dict(buffer_dir=args.buffer_dir, buffer_limit_bytes=args.buffer_limit_bytes,
+                     metrics_port=args.metrics_port, health_interval_s=args.health_interval_s,
+                     deadletter_file=args.deadletter_file)
+    options = IngestOptions.from_site(site, **{k: v for k, v in overrides.items() if v is not None})
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

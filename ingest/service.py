@@ -55,12 +55,11 @@ class Sink(Protocol):
 
 @dataclass(frozen=True)
 class IngestOptions:
-    """Ingest settings a worker takes from [ingest] (orelane.cli fills them from the site file), and four that
-    have no TOML key yet: buffer_segment_bytes, retry_initial_s, retry_max_s, replay_slice_s.
+    """Ingest settings a worker takes from [ingest] (`from_site`), and four that have no TOML key yet:
+    buffer_segment_bytes, retry_initial_s, retry_max_s, replay_slice_s.
 
-    Paths default under the site's data_dir: the buffer in
-    ingest-buffer/<client id> (one per worker: a worker locks its directory),
-    the dead-letter file in ingest-deadletter.jsonl.
+    Paths default under the site's data_dir: the buffer in <[ingest] buffer_dir>/<client id> (one per worker:
+    a worker locks its directory), the dead-letter file at [ingest] deadletter_file.
     """
 
     buffer_dir: Path | None = None
@@ -78,6 +77,18 @@ class IngestOptions:
     retry_initial_s: float = 0.5
     retry_max_s: float = 30.0
     replay_slice_s: float = 0.25  # longest replay runs between two live batches
+
+    @classmethod
+    def from_site(cls, site: SiteConfig, **overrides) -> "IngestOptions":
+        """The site file's [ingest] keys, then `overrides` (command-line options). The buffer directory and the
+        dead-letter file stay unset unless overridden: the service puts them under data_dir per its client id."""
+        ig = site.ingest
+        keys = dict(buffer_limit_bytes=ig.buffer_limit_bytes, buffer_alarm_fraction=ig.buffer_alarm_fraction,
+                    metrics_host=ig.metrics_host, metrics_port=ig.metrics_port,
+                    health_interval_s=ig.health_interval_s, flush_jitter_s=ig.flush_jitter_s,
+                    max_timestamp_past_s=ig.max_timestamp_past_s, max_timestamp_future_s=ig.max_timestamp_future_s,
+                    receive_maximum=ig.receive_maximum)
+        return cls(**{**keys, **overrides})
 
 
 @dataclass
@@ -193,11 +204,11 @@ class IngestService:
         self.lines_path = hasattr(sink, "post")  # line protocol to a database, with the disk buffer
         self.buffer: DiskBuffer | None = None
         if self.lines_path:
-            directory = options.buffer_dir or site.data_dir / "ingest-buffer" / self.client_id
+            directory = options.buffer_dir or site.data_dir / site.ingest.buffer_dir / self.client_id
             self.buffer = DiskBuffer(directory, options.buffer_limit_bytes, options.buffer_segment_bytes,
                                      BufferAlarm(options.buffer_alarm_fraction,
                                                  min(options.buffer_alarm_fraction, 0.7)))
-        self.deadletters = DeadLetterFile(options.deadletter_file or site.data_dir / "ingest-deadletter.jsonl")
+        self.deadletters = DeadLetterFile(options.deadletter_file or site.data_dir / site.ingest.deadletter_file)
         prefix = f"$share/{share_group}/" if share_group else ""
         subs = [(prefix + topics.subscription(leaf, site=site.site_id), topics.qos(leaf))
                 for leaf in measurements.INGESTED_LEAVES]

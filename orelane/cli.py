@@ -52,13 +52,7 @@ def cmd_edge_run(args) -> int:
 def cmd_ingest_run(args) -> int:
     from ingest.service import IngestOptions, IngestService, sink_for
     site = load(args.config)
-    ig = site.ingest
-    options = IngestOptions(
-        buffer_dir=site.data_dir / ig.buffer_dir, buffer_limit_bytes=ig.buffer_limit_bytes,
-        buffer_alarm_fraction=ig.buffer_alarm_fraction, deadletter_file=site.data_dir / ig.deadletter_file,
-        metrics_host=ig.metrics_host, metrics_port=ig.metrics_port, health_interval_s=ig.health_interval_s,
-        flush_jitter_s=ig.flush_jitter_s, max_timestamp_past_s=ig.max_timestamp_past_s,
-        max_timestamp_future_s=ig.max_timestamp_future_s, receive_maximum=ig.receive_maximum)
+    options = IngestOptions.from_site(site)
     service = IngestService(site, sink_for(site), client_id=args.client_id, share_group=args.share_group,
                             options=options)
     service.run(_stop_on_signals())

@@ -211,7 +211,7 @@ class FrameResult(JsonMessage):
     lane: str
     seq: int
     timestamp_s: float
-    belt_position_m: float
+    belt_position_m: float  # belt coordinate of the ore at the frame's centre row (camera_offset_m allowed for)
     max_score: float
     objects: tuple[dict, ...] = ()
 
@@ -324,7 +324,7 @@ class SampleRecord(JsonMessage):
     status: str
     timestamp_s: float
     reason: str = ""
-    belt_position_m: float | None = None
+    belt_position_m: float | None = None  # on 'cut' where the cutter took the ore; otherwise the ore aimed at
     tonnage_t: float | None = None
     event_id: str | None = None
     result_class: str | None = None  # on 'analysed': "clean" or the contaminant the lab found (lower case)

@@ -16,7 +16,8 @@ import pytest
 from ingest.deadletter import DeadLetterFile
 from ingest.influx import InfluxSink
 from ingest.lineprotocol import encode_spectrum_results
-from ingest.service import IngestOptions, IngestService
+from ingest.service import IngestOptions, IngestService, sink_for
+from orelane import config as config_mod
 from orelane.contract import measurements, messages as m, topics
 from orelane.contract.measurements import points_for
 from tests.ingest.conftest import SITE, Answer, Publisher, influxdb2, lost_and_duplicated, results_batch, \
@@ -246,3 +247,19 @@ def test_vectorised_and_scalar_paths_agree_on_what_the_worker_writes():
     assert encode_spectrum_results(SITE, "lane-1", batch).body == encode(points_for(SITE, "lane-1",
                                                                                    "results/spectra",
                                                                                    batch.to_bytes()))
+
+
+def test_two_workers_of_one_site_file_each_buffer_in_their_own_directory_with_the_site_s_ingest_keys(tmp_path):
+    doc = {"site": {"id": SITE, "data_dir": str(tmp_path)}, "mqtt": {"host": HOST, "port": 1},
+           "influx": {"url": "http://127.0.0.1:1", "org": "orelane", "bucket": "orelane"},
+           "ingest": {"buffer_dir": "spool", "buffer_limit_bytes": 1 << 24, "health_interval_s": 2.5},
+           "lane": [{"id": "lane-1", "belt_scale": {"host": HOST, "port": 1}, "robot": {"host": HOST, "port": 2}}]}
+    site = config_mod.parse(doc, "<test>", environ={}, base_dir=tmp_path)
+    opts = IngestOptions.from_site(site, health_interval_s=1.0)
+    assert (opts.buffer_limit_bytes, opts.health_interval_s) == (1 << 24, 1.0)  # the site's key, then the override
+    workers = [IngestService(site, sink_for(site), client_id=f"worker-{i}", options=opts) for i in (1, 2)]
+    try:  # the second would fail to lock a directory the first holds
+        assert [w.buffer.directory for w in workers] == [tmp_path / "spool" / "worker-1", tmp_path / "spool" / "worker-2"]
+    finally:
+        for w in workers:
+            w.buffer.close()
