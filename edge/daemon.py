@@ -102,6 +102,8 @@ class LaneDaemon:
         self.core.belt_link_up = self.belt_scale.link_up
         if reading is not None:
             self.core.on_belt_reading(now_s, reading)
+        elif self.belt_scale.link_up:  # the link works; the values were out of the contract's range
+            self.core.on_belt_refused(self.belt_scale.last_error)
         if self.radiation is not None:
             self.core.on_radiation_reading(self.radiation.read(), self.radiation.link_up)
         self.core.step(now_s)

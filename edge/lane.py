@@ -58,6 +58,7 @@ class LaneCounters:
     seq_gaps: int = 0
     late_spectra: int = 0  # came after their segment had settled: counted, not fused
     late_objects: int = 0  # camera objects likewise
+    belt_readings_refused: int = 0  # belt-scale readings out of range (the contract's, or the belt's rating)
     events_opened: int = 0
     events_closed: int = 0
     cuts_targeted: int = 0
@@ -95,6 +96,7 @@ class LaneCore:
         self.radiation_alarm = False
         self.belt_link_up = False
         self.belt_scale_status = SCALE_RUNNING  # the integrator's status bits (BELT_SCALE "status")
+        self._belt_refusal = ""  # the last reason a belt-scale reading was refused, logged once per reason
         self.plc: PlcStatus | None = None
         self.robot_error = ""
         self._last_sealed_id = 0
@@ -366,6 +368,10 @@ class LaneCore:
         While the integrator reports its speed sensor faulted, its speed is not used: belt tracking carries
         on at the last good speed, as with the link down, the totalizer still counts for routine increments,
         and alarm_belt_scale_fault says so."""
+        if reading["flow_t_h"] > self.lane.belt_rated_flow_t_h:
+            return self.on_belt_refused(f"belt scale flow_t_h {reading['flow_t_h']:.0f} t/h is above the belt's "
+                                        f"rating of {self.lane.belt_rated_flow_t_h:g} t/h "
+                                        f"(lane {self.lane.id} belt_rated_flow_t_h)")
         self.belt_scale_status = int(reading.get("status", SCALE_RUNNING))
         speed_m_s = reading["speed_m_s"]
         if self.belt_scale_status & SCALE_SPEED_FAULT:
@@ -376,6 +382,14 @@ class LaneCore:
             self._last_belt_pub_s = now_s
             self._publish("belt", msg.BeltState(self.lane.id, now_s, sample.position_m, sample.speed_m_s,
                                                 reading["flow_t_h"], sample.totalizer_t).to_json())
+
+    def on_belt_refused(self, reason: str) -> None:
+        """A belt-scale reading refused as out of range: counted, its reason logged when it changes; tracking
+        carries on at the last good speed."""
+        self.counters.belt_readings_refused += 1
+        if reason != self._belt_refusal:
+            log.warning("lane %s: belt-scale reading refused: %s", self.lane.id, reason)
+        self._belt_refusal = reason
 
     def on_radiation_reading(self, reading: dict[str, float] | None, link_up: bool | None = None) -> None:
         """A gamma portal reading; an alarm (the portal's own, or the dose over the lane's threshold) is placed
@@ -665,6 +679,7 @@ class LaneCore:
             "cuts_missed": c.cuts_missed, "dead_letters": c.dead_letters, "spectra_flagged": c.spectra_flagged,
             "late_spectra": c.late_spectra, "frames_rejected": c.frames_rejected,
             "objects_detected": c.objects_detected, "late_objects": c.late_objects, "events_opened": c.events_opened,
+            "belt_readings_refused": c.belt_readings_refused,
             "belt_position_m": round(self.tracker.latest.position_m, 2) if self.tracker.latest else 0.0,
             "model_version": self.model.version,
             "spectra_snr": round(self.snr, 1), "spectra_saturated_fraction": round(self.saturated_fraction, 4),

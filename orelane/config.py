@@ -87,6 +87,7 @@ class LaneConfig:
     event_min_length_m: float = 0.5  # shorter events are dropped as noise
     routine_increment_t: float = 50.0  # routine (ISO 3082-style) increment every this many tonnes
     belt_width_m: float = 1.6
+    belt_rated_flow_t_h: float = 10000.0  # the belt's rating: a belt-scale reading above it is refused
     radiation_threshold_usv_h: float = 1.0  # dose rate that opens a radiation alarm on the belt
     radiation_cut: bool = False  # also cut a sample of ore under a radiation alarm
     brand_mismatch_share: float = 0.5  # share of a lot's clean ore unlike its declared brand that raises an event
@@ -223,6 +224,7 @@ def _lane(t: _Table) -> LaneConfig:
         event_min_length_m=t.get("event_min_length_m", float, 0.5, low=0, high=100.0),
         routine_increment_t=t.get("routine_increment_t", float, 50.0, low=0, low_open=True),
         belt_width_m=t.get("belt_width_m", float, 1.6, low=0.3, high=4.0),
+        belt_rated_flow_t_h=t.get("belt_rated_flow_t_h", float, 10000.0, low=0, low_open=True, high=20000.0),
         radiation_threshold_usv_h=t.get("radiation_threshold_usv_h", float, 1.0, low=0, low_open=True),
         radiation_cut=t.get("radiation_cut", bool, False),
         brand_mismatch_share=t.get("brand_mismatch_share", float, 0.5, low=0, low_open=True, high=1.0),

@@ -432,3 +432,58 @@ def test_spectra_delivered_late_are_still_fused_on_their_segments_and_a_lone_fla
     assert core.counters.late_spectra == 0
     assert core.counters.spectra_flagged == 33
     assert [e for e in events_of(published) if e.state == "closed"] == []
+
+
+def test_a_belt_scale_flow_above_the_belt_s_rating_is_refused_and_counted(lane_core, caplog):
+    make, clock, published, plc = lane_core
+    core = make(belt_rated_flow_t_h=8000.0)
+    for _ in range(10):
+        clock[0] += 0.1
+        core.on_belt_reading(clock[0], {"speed_m_s": 4.0, "totalizer_t": 1.0, "flow_t_h": 6000.0, "status": 1})
+    position = core.tracker.latest.position_m
+    for _ in range(3):
+        clock[0] += 0.1
+        core.on_belt_reading(clock[0], {"speed_m_s": 0.5, "totalizer_t": 1.0, "flow_t_h": 9500.0, "status": 1})
+    assert core.tracker.latest.position_m == position  # the reading did not reach belt tracking
+    assert core.health()["belt_readings_refused"] == 3
+    refusals = [r.getMessage() for r in caplog.records if "belt-scale reading refused" in r.getMessage()]
+    assert len(refusals) == 1 and "9500 t/h" in refusals[0] and "belt_rated_flow_t_h" in refusals[0]
+
+
+def test_the_daemon_counts_a_refused_belt_reading_and_faults_a_portal_answering_nonsense(modbus_server, model,
+                                                                                         tmp_path):
+    import struct
+
+    from edge.daemon import LaneDaemon
+    from orelane.contract.registers import RADIATION_PORTAL
+
+    def raw_f32(bank, regmap, name, value):  # words the encoder itself would refuse
+        reg = next(r for r in regmap.registers if r.name == name)
+        bank.input.values[reg.address:reg.address + 2] = list(struct.unpack(">HH", struct.pack(">f", value)))
+
+    scale = RegisterBank(BELT_SCALE.count)
+    scale.set_input(BELT_SCALE, {"speed_m_s": 4.0, "flow_t_h": 5000.0, "totalizer_t": 10.0, "status": 1})
+    portal = RegisterBank(RADIATION_PORTAL.count)
+    portal.set_input(RADIATION_PORTAL, {"dose_rate_usv_h": 0.1, "background_usv_h": 0.1, "alarm": 0})
+    scale_server, portal_server = modbus_server(scale), modbus_server(portal)
+    doc = {"site": {"id": "s", "data_dir": str(tmp_path)}, "mqtt": {"host": "127.0.0.1", "port": 1},
+           "lane": [{"id": LANE, "belt_scale": {"host": "127.0.0.1", "port": scale_server.port},
+                     "radiation": {"host": "127.0.0.1", "port": portal_server.port},
+                     "robot": {"host": "127.0.0.1", "port": 1, "timeout_s": 0.2}}]}
+    site = config.parse(doc, "<test>", environ={})
+    registry = SampleRegistry(tmp_path / "samples.sqlite")
+    daemon = LaneDaemon(site, site.lanes[0], model, registry)
+    try:
+        daemon.poll_instruments()
+        assert daemon.core.tracker.latest is not None
+        raw_f32(scale, BELT_SCALE, "speed_m_s", -1.0)
+        raw_f32(portal, RADIATION_PORTAL, "dose_rate_usv_h", 2e5)
+        daemon.poll_instruments()
+        health = daemon.core.health()
+        assert health["belt_readings_refused"] == 1 and health["alarm_belt_link"] == 0
+        assert health["alarm_radiation_fault"] == 1 and health["alarm_radiation_link"] == 0
+    finally:
+        daemon.robot.close()
+        daemon.belt_scale.close()
+        daemon.radiation.close()
+        registry.close()
