@@ -54,6 +54,12 @@ class RuleSpec:
 
 LANE_GROUP = 'GROUP BY "site", "lane"'
 
+# Health alarms the edge raises at its own lane's limits (edge.health.alarms), watched by one rule: a lane whose
+# site file sets its own limits is alerted at them, not at the defaults the panels draw. The reference age and
+# the robot link have rules of their own.
+INSTRUMENT_ALARMS = ("alarm_saturation", "alarm_low_snr", "alarm_lamp_drift", "alarm_camera_fps", "alarm_belt_link",
+                     "alarm_belt_scale_fault", "alarm_radiation_link", "alarm_radiation_fault")
+
 RULES: tuple[RuleSpec, ...] = (
     RuleSpec("orelane-contamination-event", "Contamination event",
              'SELECT count("event_id") FROM "contamination_event" ' + where('"state" = \'open\'')
@@ -73,6 +79,13 @@ RULES: tuple[RuleSpec, ...] = (
              300, f"{above(limits.REFERENCE_AGE_S)} || $B < 0",
              summary="White/dark reference on {{ $labels.site }}/{{ $labels.lane }} is older than "
                      f"{limits.REFERENCE_AGE_S.level:g} s, or missing"),
+    RuleSpec("orelane-instrument-alarm", "Lane instrument alarm",
+             "SELECT " + " + ".join(f'last("{name}")' for name in INSTRUMENT_ALARMS)
+             + f' AS "alarms_raised" FROM "lane_status" {where()} {LANE_GROUP}',
+             300, "$B >= 1", for_duration="1m", dashboard_uid=boards.INSTRUMENTS_UID,
+             summary="{{ $values.B.Value }} instrument alarm(s) raised by the edge on {{ $labels.site }}/"
+                     "{{ $labels.lane }} (spectrometer saturation, SNR or lamp drift, camera frame rate, belt scale "
+                     "link or fault, gamma portal link or fault): the Instruments dashboard shows which"),
     RuleSpec("orelane-lane-silent", "Lane silent",
              f'SELECT moving_average(count("online"), {int(limits.LANE_SILENT_S.level) // LANE_SILENT_BUCKET_S}) '
              f'FROM "lane_status" {where()} GROUP BY time({LANE_SILENT_BUCKET_S}s), "site", "lane" fill(0)',

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from dashboards.alerts import INSTRUMENT_ALARMS
 from ingest.lineprotocol import encode
 from orelane.contract import messages as m
 from orelane.contract.measurements import Point, points_for
@@ -52,6 +53,7 @@ class LaneSpec:
     events: tuple[tuple[float, float, str, str], ...] = ()  # (opened_s, closed_s, class, lot)
     lot: tuple[str, float] | None = None  # (lot id, opened at)
     missed_targeted: int = 0
+    belt_scale_fault_from_s: float | None = None  # the integrator reports its load cell faulted from this time
 
 
 LANES = (
@@ -60,7 +62,8 @@ LANES = (
              lot=("L-001", T0_S + 60)),
     LaneSpec("port-north", "lane-2", 2500.0, dies_at_s=NOW_S - 300,
              events=((T0_S + 300, T0_S + 304, "steel", "L-002"),), lot=("L-002", T0_S + 30), missed_targeted=1),
-    LaneSpec("port-south", "lane-1", 2000.0, reference_stale=True, link_down_from_s=NOW_S - 180),
+    LaneSpec("port-south", "lane-1", 2000.0, reference_stale=True, link_down_from_s=NOW_S - 180,
+             belt_scale_fault_from_s=NOW_S - 240),
 )
 
 
@@ -250,6 +253,9 @@ def _lane(spec: LaneSpec, truth: Truth) -> list[Point]:
                   "model_version": "v1",  # a string: points_for keeps numbers only
                   "robot_state": 9 if fault else (1 if int(t) % 60 < 20 else 0), "robot_fault_code": int(fault),
                   **HEALTH_CONSTANTS}
+        scale_fault = spec.belt_scale_fault_from_s is not None and t >= spec.belt_scale_fault_from_s
+        health["belt_scale_fault"] = int(scale_fault)
+        health.update({name: 0 for name in INSTRUMENT_ALARMS}, alarm_belt_scale_fault=int(scale_fault))
         if spec.radiation:
             health["radiation_link_up"] = 1
             truth.radiation_lanes.add(key)

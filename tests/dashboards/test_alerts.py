@@ -18,6 +18,7 @@ EXPECTED_FIRING = {
     "orelane-robot-fault": {(("lane", "lane-1"), ("site", "port-north"))},
     "orelane-robot-link-down": {(("lane", "lane-1"), ("site", "port-south"))},
     "orelane-reference-stale": {(("lane", "lane-1"), ("site", "port-south"))},
+    "orelane-instrument-alarm": {(("lane", "lane-1"), ("site", "port-south"))},
     "orelane-lane-silent": {(("lane", "lane-2"), ("site", "port-north"))},
     "orelane-ingest-buffer-growing": {(("site", "port-north"), ("worker", "w2"))},
     "orelane-model-anomaly-rate": {(("lane", "lane-1"), ("model_version", "v2"), ("site", "port-north"))},
