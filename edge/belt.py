@@ -79,6 +79,15 @@ class BeltTracker:
             raise LookupError("no belt-scale reading yet")
         return float(np.interp(t_s, t, ton))
 
+    def time_spent_over(self, start_m: float, end_m: float) -> float:
+        """Seconds the belt took to carry [start_m, end_m) past the sensors, stops included; 0 when that
+        stretch is not wholly within the readings kept."""
+        t, pos = self._cols[0, self._start:self._end], self._cols[1, self._start:self._end]
+        if t.size < 2 or start_m < pos[0] or end_m > pos[-1]:
+            return 0.0
+        enter, leave = np.interp([start_m, end_m], pos, t)  # positions never decrease
+        return float(max(leave - enter, 0.0))
+
     def positions_at(self, times_s: np.ndarray) -> np.ndarray:
         """Belt coordinates at many times at once; beyond the readings, the nearest reading's speed carries on."""
         t, pos, speed = (self._cols[i, self._start:self._end] for i in range(3))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from collections import Counter, deque
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
@@ -19,8 +20,9 @@ def _most_voted_named(votes: Counter) -> str | None:
 
 
 # Settled segments with spectra over which the lane's usual count is a median (see Segment.nir_score): 25 of
-# 0.5 m are 12.5 m of belt, a few seconds. Counts are kept times the belt speed (spectra per second, which the
-# spectrometer holds steady) and divided by the speed of the day, so the usual count follows a speed change at once.
+# 0.5 m are 12.5 m of belt, a few seconds. Counts are kept per second the segment took to pass the sensors (the
+# spectrometer's rate, which it holds steady) and multiplied by each segment's own time, so the usual count
+# follows the belt's speed changes and stops.
 _USUAL_OVER_SEGMENTS = 25
 
 
@@ -92,8 +94,7 @@ class SegmentFuser:
         self.settle_m = settle_m  # late messages may still land this far behind the sensors
         self._open: dict[int, Segment] = {}
         self._next_index: int | None = None
-        self._recent_rates: deque[float] = deque(maxlen=_USUAL_OVER_SEGMENTS)  # spectra x belt speed (m/s)
-        self._speed_m_s = 1.0  # the last speed seen moving
+        self._recent_rates: deque[float] = deque(maxlen=_USUAL_OVER_SEGMENTS)  # spectra per second of passage
 
     def _segment(self, position_m: float) -> Segment | None:
         index = math.floor(position_m / self.segment_length_m)
@@ -148,11 +149,11 @@ class SegmentFuser:
         if seg is not None:
             seg.radiation_alarm = True
 
-    def settled(self, sensor_position_m: float, speed_m_s: float = 1.0) -> list[Segment]:
+    def settled(self, sensor_position_m: float,
+                passage_s: Callable[[float, float], float] = lambda start_m, end_m: 1.0) -> list[Segment]:
         """Segments wholly behind the sensors by settle_m, in belt order, including empty ones.
-        `speed_m_s` is the belt's speed now, which their spectra came at (near enough: they are a metre back)."""
-        if speed_m_s > 0:
-            self._speed_m_s = speed_m_s
+        `passage_s(start_m, end_m)` is how long a stretch took to pass the sensors (0: not known); the
+        default counts every segment as one second, so the usual count is a plain median of counts."""
         limit = math.floor((sensor_position_m - self.settle_m) / self.segment_length_m)
         if self._next_index is None:
             if not self._open:
@@ -162,10 +163,12 @@ class SegmentFuser:
         while self._next_index < limit:
             i = self._next_index
             seg = self._open.pop(i, None) or Segment(i, i * self.segment_length_m, (i + 1) * self.segment_length_m)
-            if self._recent_rates:
-                seg.usual_spectra = float(np.median(self._recent_rates)) / self._speed_m_s
-            if seg.n_spectra:
-                self._recent_rates.append(seg.n_spectra * self._speed_m_s)
+            seconds = passage_s(seg.start_m, seg.end_m)
+            if seconds > 0:
+                if self._recent_rates:
+                    seg.usual_spectra = float(np.median(self._recent_rates)) * seconds
+                if seg.n_spectra:
+                    self._recent_rates.append(seg.n_spectra / seconds)
             out.append(seg)
             self._next_index += 1
         return out

@@ -376,7 +376,9 @@ class LaneCore:
         speed_m_s = reading["speed_m_s"]
         if self.belt_scale_status & SCALE_SPEED_FAULT:
             latest = self.tracker.latest
-            speed_m_s = latest.speed_m_s if latest else 0.0
+            if latest is None:
+                return  # no good speed yet: the belt position stays unknown
+            speed_m_s = latest.speed_m_s
         sample = self.tracker.update(now_s, speed_m_s, reading["totalizer_t"])
         if now_s - self._last_belt_pub_s >= 0.5:
             self._last_belt_pub_s = now_s
@@ -395,17 +397,16 @@ class LaneCore:
         """A gamma portal reading; an alarm (the portal's own, or the dose over the lane's threshold) is placed
         on the belt under the sensors like any other evidence.
 
-        None with the link down (the read failed) places nothing: the lane cannot say the ore is hot, and
-        alarm_radiation_link says it cannot say it is not. None with the link up (the portal answered values out
-        of range) keeps the alarm as it was, since nonsense neither starts nor ends one, and raises
-        alarm_radiation_fault, as does the portal reporting its own fault (alarm 2)."""
+        A reading the lane cannot trust places nothing, as the lane cannot say the ore is hot, and raises an
+        alarm that says it cannot say it is not: alarm_radiation_link when the read failed (None, link down),
+        alarm_radiation_fault when the portal answered values out of range (None, link up) or reports its own
+        fault (alarm register 2)."""
         self.radiation_link_up = reading is not None if link_up is None else link_up
-        if reading is None:
-            if not self.radiation_link_up:
-                self.radiation_alarm = False
-            self.radiation_fault = self.radiation_link_up
+        self.radiation_fault = (reading is None and self.radiation_link_up) or (reading is not None
+                                                                               and reading["alarm"] == 2)
+        if reading is None or self.radiation_fault:
+            self.radiation_alarm = False
             return
-        self.radiation_fault = reading["alarm"] == 2
         self.radiation_dose_usv_h = reading["dose_rate_usv_h"]
         self.radiation_alarm = reading["alarm"] == 1 or reading["dose_rate_usv_h"] > self.lane.radiation_threshold_usv_h
 
@@ -450,7 +451,7 @@ class LaneCore:
         position = self.tracker.position_at(now_s)
         if self.radiation_alarm:
             self.fuser.add_radiation_alarm(position)
-        for segment in self.fuser.settled(self._settle_position(now_s, position), latest.speed_m_s):
+        for segment in self.fuser.settled(self._settle_position(now_s, position), self.tracker.time_spent_over):
             if self.lane.results == "segments":
                 self._publish("results/segments", msg.SegmentResult(
                     self.lane.id, self.model.version, now_s, segment.start_m, segment.end_m, segment.n_spectra,
@@ -461,12 +462,15 @@ class LaneCore:
                 self._on_event(update, position, latest.speed_m_s)
         self._cut_open_event_before_its_peak_passes(position, latest.speed_m_s)
         crossed = self.routine.due(latest.totalizer_t)
-        if crossed > 1:  # several cuts aimed at the same ore would only queue behind each other and be missed
-            log.warning("lane %s: the belt scale's totalizer passed %d routine increments at once (%.1f t); "
-                        "one cut for them", self.lane.id, crossed, latest.totalizer_t)
         if crossed:
             target = position - self.lane.cutter_distance_m + latest.speed_m_s * self.lane.robot_reaction_s
             self._request_cut("routine", target, latest.totalizer_t, None)
+        if crossed > 1:  # more cuts aimed at the same ore would only queue behind the first and expire
+            log.warning("lane %s: the belt scale's totalizer passed %d routine increments at once (%.1f t); "
+                        "one cut for them, the others recorded missed", self.lane.id, crossed, latest.totalizer_t)
+            for _ in range(crossed - 1):
+                self._request_cut("routine", target, latest.totalizer_t, None, schedule=False)
+                self.counters.cuts_missed += 1
         self._drive_robot(position, latest.speed_m_s)
 
     def _settle_position(self, now_s: float, position_m: float) -> float:
@@ -545,7 +549,9 @@ class LaneCore:
                           scores={"peak_score": ev.peak_score}, likely_class=ev.likely_class)
 
     def _request_cut(self, kind: str, target_m: float, tonnage_t: float, event_id: str | None,
-                     scores: dict | None = None, likely_class: str | None = None) -> None:
+                     scores: dict | None = None, likely_class: str | None = None, schedule: bool = True) -> None:
+        """Register and announce a sample request and schedule its cut; schedule=False records it missed at once
+        (an increment the totalizer jumped over)."""
         now_s = self.clock()
         lot = self.lot
         request = msg.SampleRequest(self.registry.next_sample_id(), self.lane.id, kind, target_m, tonnage_t, now_s,
@@ -554,7 +560,12 @@ class LaneCore:
                              hold=lot.hold if lot else "", bill_of_lading=lot.bill_of_lading if lot else "",
                              scores=scores, likely_class=likely_class, model_version=self.model.version)
         self._publish("samples/request", request.to_json())
-        self.scheduler.add(PendingCut(request.sample_id, kind, target_m, tonnage_t, event_id, now_s))
+        cut = PendingCut(request.sample_id, kind, target_m, tonnage_t, event_id, now_s)
+        if schedule:
+            self.scheduler.add(cut)
+        else:
+            self._record_cut(cut, "missed", "missed sampling opportunity: the belt scale's totalizer passed "
+                                            "several increments at once; one cut was taken for them")
 
     def poll_robot(self) -> None:
         """Heartbeat to the PLC, read its state, record sealed samples; reconcile once after (re)start."""

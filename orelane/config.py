@@ -243,14 +243,15 @@ def _lane(t: _Table) -> LaneConfig:
     if lane.event_close_score >= lane.event_open_score:
         raise ConfigError(f"{t.source}: {t.where}.event_close_score = {lane.event_close_score}: must be below "
                           f"event_open_score ({lane.event_open_score}) for hysteresis")
-    # An event's evidence settles 1 m behind the sensors (the camera's offset more when it looks downstream) and
-    # the event closes after event_close_after_m of clean belt: all of that must pass before its ore reaches the cutter.
-    lag_m = max(0.0, lane.camera_offset_m) + 1.0 + lane.event_close_after_m
+    # A segment's evidence settles 1 m behind the sensors (the camera's offset more when it looks downstream) and
+    # an event closes after event_close_after_m of clean belt: all of that must pass before its ore reaches the
+    # cutter. The robot's reaction needs its travel on top (speed x robot_reaction_s), which depends on the belt.
+    lag_m = lane.segment_length_m + max(0.0, lane.camera_offset_m) + 1.0 + lane.event_close_after_m
     if lane.cutter_distance_m <= lag_m:
         raise ConfigError(f"{t.source}: {t.where}.cutter_distance_m = {lane.cutter_distance_m}: must be more than "
-                          f"{lag_m:g} m (camera_offset_m {lane.camera_offset_m:g} + 1 m for evidence to settle + "
-                          f"event_close_after_m {lane.event_close_after_m:g}), or events close after their ore has "
-                          f"passed the cutter")
+                          f"{lag_m:g} m (segment_length_m {lane.segment_length_m:g} + camera_offset_m "
+                          f"{lane.camera_offset_m:g} + 1 m for evidence to settle + event_close_after_m "
+                          f"{lane.event_close_after_m:g}), or events close after their ore has passed the cutter")
     t.done()
     return lane
 

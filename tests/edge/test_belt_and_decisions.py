@@ -150,15 +150,25 @@ def test_a_segment_whose_spectra_mostly_came_late_is_scored_against_the_usual_co
     assert segments[0].usual_spectra == 0.0 and segments[0].nir_score == 0.0
 
 
-def test_the_usual_count_follows_the_belt_speed_so_a_faster_belt_costs_no_evidence():
+def test_the_usual_count_follows_the_time_each_segment_took_to_pass_so_speed_changes_and_stops_cost_nothing():
     fuser = SegmentFuser(0.5, settle_m=1.0)
-    spectra_on_segments(fuser, [30] * 30, [0] * 30)
-    assert len(fuser.settled(30 * 0.5 + 1.0, speed_m_s=1.0)) == 30
-    # the belt three times as fast: 10 spectra a segment, plastic in 4 of them (40 %, certain)
-    spectra_on_segments(fuser, [30] * 30 + [10] * 5, [0] * 30 + [4] * 5)
-    fast = fuser.settled(35 * 0.5 + 1.0, speed_m_s=3.0)
-    assert [s.usual_spectra for s in fast] == pytest.approx([10.0] * 5)
-    assert [s.nir_score for s in fast] == pytest.approx([1.0] * 5)  # against half of 30 it would be 0.67
+    # 30 clean segments at 1 m/s (0.5 s each, 30 spectra: 60 spectra/s), then 5 at 3 m/s (10 spectra) with
+    # plastic in 4 of them (40 %, certain), then one the belt stopped on for 10 s (600 spectra, 240 flagged)
+    counts, flagged = [30] * 30 + [10] * 5 + [600], [0] * 30 + [4] * 5 + [240]
+    spectra_on_segments(fuser, counts, flagged)
+    seconds = [0.5] * 30 + [0.5 / 3] * 5 + [10.0]
+    segments = fuser.settled(len(counts) * 0.5 + 1.0, passage_s=lambda start_m, end_m: seconds[round(start_m / 0.5)])
+    assert [s.usual_spectra for s in segments[30:]] == pytest.approx([10.0] * 5 + [600.0])
+    assert [s.nir_score for s in segments[30:]] == pytest.approx([1.0] * 6)  # against half of 30 the first 0.67
+
+
+def test_the_time_a_stretch_took_to_pass_counts_a_stop_within_it():
+    tracker = BeltTracker()
+    for t_s, speed in ((0.0, 2.0), (1.0, 2.0), (1.1, 0.0), (5.0, 0.0), (5.1, 2.0), (7.0, 2.0)):
+        tracker.update(t_s, speed, 0.0)
+    assert tracker.time_spent_over(0.0, 1.0) == pytest.approx(0.5)
+    assert tracker.time_spent_over(1.5, 2.5) > 4.0  # the belt stopped at about 2.1 m for 3.9 s
+    assert tracker.time_spent_over(5.0, 50.0) == 0.0  # not passed yet: not known
 
 
 def test_camera_evidence_seen_in_two_frames_counts_fully_one_frame_half():

@@ -116,15 +116,17 @@ def test_a_gamma_portal_that_cannot_be_read_places_no_alarm_and_raises_a_link_al
     assert not core.radiation_alarm and core.health()["alarm_radiation_link"] == 1
 
 
-def test_a_gamma_portal_answering_nonsense_keeps_its_alarm_and_raises_a_fault_alarm(lane_core):
+def test_a_gamma_portal_answering_nonsense_places_no_alarm_and_raises_a_fault_alarm(lane_core):
     make, clock, published, plc = lane_core
     core = make(radiation_threshold_usv_h=0.5, radiation={"host": "127.0.0.1", "port": 1})
     core.on_radiation_reading({"dose_rate_usv_h": 2.0, "background_usv_h": 0.1, "alarm": 0}, link_up=True)
+    assert core.radiation_alarm
     core.on_radiation_reading(None, link_up=True)  # the link works; the values were refused as out of range
     health = core.health()
-    assert core.radiation_alarm and health["alarm_radiation_link"] == 0 and health["alarm_radiation_fault"] == 1
-    core.on_radiation_reading({"dose_rate_usv_h": 0.1, "background_usv_h": 0.1, "alarm": 2}, link_up=True)
+    assert not core.radiation_alarm and health["alarm_radiation_fault"] == 1 and health["alarm_radiation_link"] == 0
+    core.on_radiation_reading({"dose_rate_usv_h": 50.0, "background_usv_h": 0.1, "alarm": 2}, link_up=True)
     assert not core.radiation_alarm and core.health()["alarm_radiation_fault"] == 1  # the portal's own fault
+    assert core.health()["radiation_dose_usv_h"] == pytest.approx(2.0)  # the last trusted dose
     core.on_radiation_reading({"dose_rate_usv_h": 0.1, "background_usv_h": 0.1, "alarm": 0}, link_up=True)
     assert core.health()["alarm_radiation_fault"] == 0
 
@@ -229,6 +231,36 @@ def test_a_faulted_speed_sensor_is_not_trusted_and_raises_the_belt_scale_alarm(l
     assert core.health()["alarm_belt_scale_fault"] == 1  # a load-cell fault: tracked, but the tonnage is doubtful
 
 
+def test_increments_the_totalizer_jumped_over_give_one_cut_and_are_recorded_missed(lane_core):
+    make, clock, published, plc = lane_core
+    core = make(routine_increment_t=10.0)
+    for total in (0.0, 1.0, 2.0, 35.0):  # a jump of 33 t: three increments at once
+        clock[0] += 0.1
+        core.on_belt_reading(clock[0], {"speed_m_s": 3.0, "totalizer_t": total, "flow_t_h": 3000.0, "status": 1})
+        core.step(clock[0])
+    requests = [msg.SampleRequest.from_json(p) for leaf, p in published if leaf == "samples/request"]
+    records = [msg.SampleRecord.from_json(p) for leaf, p in published if leaf == "samples/record"]
+    assert len(requests) == 3 and all(r.sample_kind == "routine" for r in requests)
+    assert sorted(r.status for r in records) == ["cut", "missed", "missed"]  # the first cut went out at once
+    assert all("at once" in r.reason for r in records if r.status == "missed")
+    assert core.counters.cuts_missed == 2 and core.counters.cuts_routine == 1
+
+
+def test_a_lane_polling_its_belt_scale_every_2_s_integrates_speed_changes_between_readings(lane_core):
+    make, clock, published, plc = lane_core
+    core = make(belt_poll_interval_s=2.0)
+    core.on_belt_reading(clock[0], {"speed_m_s": 3.0, "totalizer_t": 0.0, "flow_t_h": 3000.0, "status": 1})
+    core.on_belt_reading(clock[0] + 2.0, {"speed_m_s": 1.0, "totalizer_t": 0.0, "flow_t_h": 1000.0, "status": 1})
+    assert core.tracker.latest.position_m == pytest.approx(4.0)  # the trapezoid, not 2 s at the last speed
+
+
+def test_a_speed_fault_before_any_good_reading_leaves_the_belt_position_unknown(lane_core):
+    make, clock, published, plc = lane_core
+    core = make()
+    core.on_belt_reading(clock[0], {"speed_m_s": 0.0, "totalizer_t": 5.0, "flow_t_h": 3000.0, "status": 1 | 2})
+    assert core.tracker.latest is None and core.health()["alarm_belt_scale_fault"] == 1
+
+
 @pytest.mark.parametrize("values, register", [
     ({"speed_m_s": -1.0, "flow_t_h": 100.0}, "speed_m_s"),
     ({"speed_m_s": 2.0, "flow_t_h": 50000.0}, "flow_t_h"),
@@ -324,6 +356,25 @@ def test_an_event_longer_than_the_cutter_distance_is_cut_on_its_peak_while_still
     assert [r.status for r in targeted] == ["cut"], [(r.status, r.reason) for r in targeted]
     assert targeted[0].event_id == events[0].event_id
     assert abs(targeted[0].belt_position_m - events[0].peak_position_m) <= 0.5
+
+
+def test_the_daemon_is_woken_where_an_open_event_s_cut_must_be_requested(lane_core, instrument):
+    make, clock, published, plc = lane_core
+    core = make()  # cutter 20 m, reaction 1 s, belt at 3 m/s: an open event's cut is requested 2 m before 17 m on
+    rng = np.random.default_rng(6)
+    w = instrument.wavelengths_nm
+
+    def plastic_from_5_s(n):
+        refl = (synth.mixed_reflectance("plastic", 0.6, w, n, rng) if clock[0] - 1_000.0 >= 5.0
+                else synth.ore_reflectance(w, n, rng))
+        return instrument.counts(refl, rng)
+
+    run_belt(core, clock, 8.0, instrument, rng, counts_fn=plastic_from_5_s)
+    ev = core.events.current
+    assert ev is not None and ev.announced and not ev.cut_requested
+    due_s = core.next_cut_due_s(clock[0])
+    lead_m = ev.peak_position_m + 20.0 - 3.0 * 1.0 - 2.0
+    assert due_s == pytest.approx(clock[0] + (lead_m - core.tracker.position_at(clock[0])) / 3.0, abs=0.01)
 
 
 def test_a_routine_increment_falling_due_while_an_event_is_open_waits_for_the_event_s_cut(lane_core,

@@ -93,7 +93,7 @@ REFUSALS = {
     "zero timeout": (lambda d: d["lane"][0]["robot"].update(timeout_s=0),
                      ["lane[0].robot.timeout_s = 0.0", "must be > 0"]),
     "camera too far downstream": (lambda d: d["lane"][0].update(cutter_distance_m=12.0, camera_offset_m=10.0),
-                                  ["lane[0].cutter_distance_m = 12.0", "must be more than 12 m", "camera_offset_m 10"]),
+                                  ["lane[0].cutter_distance_m = 12.0", "must be more than 12.5 m", "camera_offset_m 10"]),
     "zero cutter distance": (lambda d: d["lane"][0].update(cutter_distance_m=0),
                              ["lane[0].cutter_distance_m = 0.0", "> 0", "<= 2000.0"]),
     "segment too short": (lambda d: d["lane"][0].update(segment_length_m=0.01),
