@@ -13,7 +13,8 @@ from grafana_foundation_sdk.models import common, dashboard as dash
 
 from dashboards import limits
 from dashboards.influxql import DATASOURCE, LOT, InfluxQL, lane_where, where, SITE
-from dashboards.panels import (LINK, ONLINE, ROBOT_STATE, Board, bars, graph, stat, table, timeline)
+from dashboards.panels import (ALARM, LINK, ONLINE, ROBOT_STATE, Board, bars, graph, stat, table, timeline)
+from dashboards.schema import HEALTH_ALARMS
 
 LANE_UID, SITE_UID, INSTRUMENTS_UID = "orelane-lane", "orelane-site", "orelane-instruments"
 SAMPLES_UID, MODELS_UID, INGEST_UID = "orelane-samples", "orelane-models", "orelane-ingest"
@@ -266,6 +267,16 @@ def instruments() -> dash_b.Dashboard:
                             'GROUP BY time($__interval), "site", "lane" fill(previous)').alias(f"{link} $tag_lane")
                    for link in ("belt", "robot", "radiation")],
                  mappings=LINK, span=24, description="belt scale, sampler PLC and radiation portal"),
+    )
+    board.row("Alarms raised by the edge")
+    board.add(
+        timeline("Alarms raised by the edge", "none",
+                 *[InfluxQL(f'SELECT last("{alarm}") FROM "lane_status" {lane_where()} '
+                            'GROUP BY time($__interval), "site", "lane" fill(previous)')
+                   .alias(f"{alarm.removeprefix('alarm_')} $tag_lane") for alarm in HEALTH_ALARMS],
+                 mappings=ALARM, span=24, height=9,
+                 description="each health alarm as the edge raised it, at its own lane's limits (docs/lane.md, "
+                             "section 7); the panels above draw the default limits"),
     )
     return board.builder
 

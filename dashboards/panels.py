@@ -7,6 +7,8 @@ becomes the panel's thresholds, drawn as lines on graphs.
 
 from __future__ import annotations
 
+import string
+
 from typing import Iterable, Sequence
 
 from grafana_foundation_sdk.builders import bargauge, common as common_b, dashboard as dash_b, stat as stat_b
@@ -48,6 +50,7 @@ def value_map(mapping: dict[int | str, tuple[str, str]]) -> list[dash.ValueMappi
 
 ONLINE = value_map({1: ("online", GREEN), 0: ("offline", RED)})
 LINK = value_map({1: ("up", GREEN), 0: ("down", RED)})
+ALARM = value_map({0: ("ok", GREEN), 1: ("raised", RED)})
 ROBOT_STATE = value_map({0: ("idle", GREEN), 1: ("cutting", BLUE), 2: ("crushing/dividing", BLUE),
                          3: ("sealing", BLUE), 4: ("placing", BLUE), limits.ROBOT_FAULTED_STATE: ("faulted", RED),
                          10: ("power-up", AMBER)})
@@ -56,7 +59,9 @@ ROBOT_STATE = value_map({0: ("idle", GREEN), 1: ("cutting", BLUE), 2: ("crushing
 def _common(panel, title: str, description: str, targets: Sequence[InfluxQL], span: int, height: int,
             time_from: str | None):
     panel.title(title).description(description).datasource(DATASOURCE).span(span).height(height)
-    for ref, target in zip("ABCDEFGH", targets):
+    if len(targets) > len(string.ascii_uppercase):
+        raise ValueError(f"panel {title!r}: {len(targets)} queries, at most {len(string.ascii_uppercase)}")
+    for ref, target in zip(string.ascii_uppercase, targets):
         panel.with_target(target.ref_id(ref))
     if time_from:
         panel.time_from(time_from)

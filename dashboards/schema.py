@@ -12,8 +12,8 @@ from orelane.contract.measurements import MEASUREMENTS, OPTIONAL_TAGS
 # The numeric values of edge.lane.LaneCore.health(): readings and counters, then the alarms (1 raised, 0 not).
 HEALTH_FIELDS = ("reference_age_s", "belt_link_up", "belt_scale_fault", "robot_link_up", "spectra_in",
                  "spectra_classified", "spectra_rejected", "spectra_flagged", "late_spectra", "seq_gaps", "frames_in",
-                 "frames_rejected", "objects_detected", "late_objects", "events_opened", "belt_readings_refused", "events", "cuts_targeted",
-                 "cuts_routine", "cuts_missed", "dead_letters", "belt_position_m", "spectra_snr",
+                 "frames_rejected", "objects_detected", "late_objects", "events_opened", "belt_readings_refused",
+                 "events", "cuts_targeted", "cuts_routine", "cuts_missed", "dead_letters", "belt_position_m", "spectra_snr",
                  "spectra_saturated_fraction", "lamp_drift_fraction", "robot_state", "robot_fault_code",
                  "camera_fps", "camera_mean_brightness", "camera_saturated_fraction", "radiation_dose_usv_h",
                  "radiation_link_up", "radiation_fault")

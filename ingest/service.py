@@ -33,7 +33,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from ingest import lineprotocol
-from ingest.buffer import BufferFull, DiskBuffer
+from ingest.buffer import SEGMENT_SUFFIX, BufferFull, DiskBuffer
 from ingest.deadletter import DeadLetterFile, one_line
 from ingest.influx import InfluxSink, Outcome, WriteResult, write_batch
 from ingest.metrics import HealthSnapshot, MetricsServer, health_fields
@@ -89,6 +89,14 @@ class IngestOptions:
                     max_timestamp_past_s=ig.max_timestamp_past_s, max_timestamp_future_s=ig.max_timestamp_future_s,
                     receive_maximum=ig.receive_maximum)
         return cls(**{**keys, **overrides})
+
+
+def _warn_of_unclaimed_segments(buffer_root: Path) -> None:
+    """Releases before 2026-12 buffered every worker straight in <buffer_dir>; no worker reads that any more."""
+    segments = sorted(buffer_root.glob("*" + SEGMENT_SUFFIX)) if buffer_root.is_dir() else []
+    if segments:
+        log.warning("%d buffered segment(s) in %s belong to no worker (an older release wrote there): replay them "
+                    "with `orelane ingest replay %s` while no worker runs", len(segments), buffer_root, buffer_root)
 
 
 @dataclass
@@ -205,6 +213,8 @@ class IngestService:
         self.buffer: DiskBuffer | None = None
         if self.lines_path:
             directory = options.buffer_dir or site.data_dir / site.ingest.buffer_dir / self.client_id
+            if options.buffer_dir is None:
+                _warn_of_unclaimed_segments(site.data_dir / site.ingest.buffer_dir)
             self.buffer = DiskBuffer(directory, options.buffer_limit_bytes, options.buffer_segment_bytes,
                                      BufferAlarm(options.buffer_alarm_fraction,
                                                  min(options.buffer_alarm_fraction, 0.7)))

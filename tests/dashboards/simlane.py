@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from dashboards.alerts import INSTRUMENT_ALARMS
+from dashboards.schema import HEALTH_ALARMS
 from ingest.lineprotocol import encode
 from orelane.contract import messages as m
 from orelane.contract.measurements import Point, points_for
@@ -93,6 +93,7 @@ class Truth:
     robot_states: dict = field(default_factory=lambda: defaultdict(set))
     robot_link: dict = field(default_factory=lambda: defaultdict(set))
     radiation_lanes: set = field(default_factory=set)
+    alarms: dict = field(default_factory=lambda: defaultdict(set))  # ((site, lane), alarm field) -> values seen
     health: dict = field(default_factory=dict)  # constant proposed health values
     ingest: dict = field(default_factory=dict)  # worker -> last values
 
@@ -255,7 +256,10 @@ def _lane(spec: LaneSpec, truth: Truth) -> list[Point]:
                   **HEALTH_CONSTANTS}
         scale_fault = spec.belt_scale_fault_from_s is not None and t >= spec.belt_scale_fault_from_s
         health["belt_scale_fault"] = int(scale_fault)
-        health.update({name: 0 for name in INSTRUMENT_ALARMS}, alarm_belt_scale_fault=int(scale_fault))
+        health.update({name: 0 for name in HEALTH_ALARMS}, alarm_belt_scale_fault=int(scale_fault),
+                      alarm_reference_stale=int(age >= 1800.0), alarm_robot_link=int(not link_up))
+        for name in HEALTH_ALARMS:
+            truth.alarms[(key, name)].add(health[name])
         if spec.radiation:
             health["radiation_link_up"] = 1
             truth.radiation_lanes.add(key)

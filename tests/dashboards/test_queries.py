@@ -16,6 +16,7 @@ from typing import Callable
 import pytest
 
 from dashboards import boards, build
+from dashboards.schema import HEALTH_ALARMS
 from tests.dashboards import grafana, simlane
 from tests.dashboards.conftest import LaneDatabase
 
@@ -144,6 +145,15 @@ def link(field_truth: str):
             assert set(got) == t.radiation_lanes and all(v == {1} for v in got.values())
         else:
             assert set(got) == {N1, N2, S1} and all(v == {1} for v in got.values())
+    return check
+
+
+def alarm(name: str):
+    def check(series, t):
+        got = {k: set(col(s, "last")) for k, s in by(series, "site", "lane").items()}
+        assert got == {k: v for (k, n), v in t.alarms.items() if n == name}
+        if name in ("alarm_belt_scale_fault", "alarm_reference_stale", "alarm_robot_link"):
+            assert got[S1] == {0, 1}  # the south lane raises them during the half hour
     return check
 
 
@@ -289,6 +299,8 @@ CHECKS: dict[tuple[str, str, str], Callable] = {
     ("orelane-instruments", "Modbus links", "A"): link("belt"),
     ("orelane-instruments", "Modbus links", "B"): link("robot"),
     ("orelane-instruments", "Modbus links", "C"): link("radiation"),
+    **{("orelane-instruments", "Alarms raised by the edge", chr(ord("A") + i)): alarm(name)
+       for i, name in enumerate(HEALTH_ALARMS)},
     ("orelane-samples", "Samples by status", "A"): by_status,
     ("orelane-samples", "Missed and failed cuts", "A"): missed_failed,
     ("orelane-samples", "Lab results by contaminant class", "A"): lab_results_by_class,

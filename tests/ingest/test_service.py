@@ -249,17 +249,21 @@ def test_vectorised_and_scalar_paths_agree_on_what_the_worker_writes():
                                                                                    batch.to_bytes()))
 
 
-def test_two_workers_of_one_site_file_each_buffer_in_their_own_directory_with_the_site_s_ingest_keys(tmp_path):
+def test_two_workers_of_one_site_file_each_buffer_in_their_own_directory_with_the_site_s_ingest_keys(tmp_path,
+                                                                                                   caplog):
     doc = {"site": {"id": SITE, "data_dir": str(tmp_path)}, "mqtt": {"host": HOST, "port": 1},
            "influx": {"url": "http://127.0.0.1:1", "org": "orelane", "bucket": "orelane"},
            "ingest": {"buffer_dir": "spool", "buffer_limit_bytes": 1 << 24, "health_interval_s": 2.5},
            "lane": [{"id": "lane-1", "belt_scale": {"host": HOST, "port": 1}, "robot": {"host": HOST, "port": 2}}]}
     site = config_mod.parse(doc, "<test>", environ={}, base_dir=tmp_path)
+    (tmp_path / "spool").mkdir()
+    (tmp_path / "spool" / "00000001.seg").write_bytes(b"")  # left by a release that buffered every worker here
     opts = IngestOptions.from_site(site, health_interval_s=1.0)
     assert (opts.buffer_limit_bytes, opts.health_interval_s) == (1 << 24, 1.0)  # the site's key, then the override
     workers = [IngestService(site, sink_for(site), client_id=f"worker-{i}", options=opts) for i in (1, 2)]
     try:  # the second would fail to lock a directory the first holds
-        assert [w.buffer.directory for w in workers] == [tmp_path / "spool" / "worker-1", tmp_path / "spool" / "worker-2"]
+        assert [w.buffer.directory for w in workers] == [tmp_path / "spool" / f"worker-{i}" for i in (1, 2)]
+        assert any("orelane ingest replay" in r.getMessage() for r in caplog.records)  # the old segments
     finally:
         for w in workers:
             w.buffer.close()
