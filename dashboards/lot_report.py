@@ -50,10 +50,15 @@ MAX_EVIDENCE_EXTENT_M = 500.0
 
 OUTAGE_BELT_LINK = "belt link"
 OUTAGE_ROBOT_LINK = "robot link"
+OUTAGE_RADIATION_LINK = "gamma portal link"
+OUTAGE_RADIATION_FAULT = "gamma portal fault"
 OUTAGE_EDGE_OFFLINE = "edge offline"
 OUTAGE_NO_STATUS = "no status"
-# lane_status field -> outage kind while it is 0.
-_LINK_FIELDS = (("belt_link_up", OUTAGE_BELT_LINK), ("robot_link_up", OUTAGE_ROBOT_LINK))
+# lane_status field, the value it has while down, outage kind. The gamma portal's are the edge's alarms, which
+# stay 0 on a lane without a portal; while either is raised the ore passing was not screened for radiation.
+_DOWN_FIELDS = (("belt_link_up", 0, OUTAGE_BELT_LINK), ("robot_link_up", 0, OUTAGE_ROBOT_LINK),
+                ("alarm_radiation_link", 1, OUTAGE_RADIATION_LINK),
+                ("alarm_radiation_fault", 1, OUTAGE_RADIATION_FAULT), ("online", 0, OUTAGE_EDGE_OFFLINE))
 
 LAB_RESULT = "result"
 LAB_PENDING = "pending"
@@ -533,15 +538,15 @@ def _outages(lane: Lane, period: _Period, before: Point | None, inside: Sequence
             found.append(Outage(site, lane_id, kind, _s(start_ns), _s(stop_ns), ongoing))
 
     series = ([before] if before is not None else []) + list(inside)
-    for name, kind in _LINK_FIELDS + (("online", OUTAGE_EDGE_OFFLINE),):
+    for name, down_value, kind in _DOWN_FIELDS:
         down_since: int | None = None
         for p in series:
             value = _num(p.fields.get(name))
             if value is None:
                 continue
-            if value == 0 and down_since is None:
+            if value == down_value and down_since is None:
                 down_since = max(p.time_ns, period.start_ns)
-            elif value != 0 and down_since is not None:
+            elif value != down_value and down_since is not None:
                 close(kind, down_since, p.time_ns)
                 down_since = None
         if down_since is not None:

@@ -20,15 +20,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Sequence
 
 from dashboards.lot_report import (LAB_NONE, OUTAGE_BELT_LINK, OUTAGE_EDGE_OFFLINE, OUTAGE_NO_STATUS,
-                                   OUTAGE_ROBOT_LINK, STATUS_SILENCE_S, EventEntry, LotReport, ReportError,
-                                   SampleEntry)
+                                   OUTAGE_RADIATION_FAULT, OUTAGE_RADIATION_LINK, OUTAGE_ROBOT_LINK,
+                                   STATUS_SILENCE_S, EventEntry, LotReport, ReportError, SampleEntry)
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 UTC = dt.timezone.utc
 # Outage rows of the health plot, top to bottom.
-OUTAGE_ROWS = (OUTAGE_BELT_LINK, OUTAGE_ROBOT_LINK, OUTAGE_EDGE_OFFLINE, OUTAGE_NO_STATUS)
+OUTAGE_ROWS = (OUTAGE_BELT_LINK, OUTAGE_ROBOT_LINK, OUTAGE_RADIATION_LINK, OUTAGE_RADIATION_FAULT, OUTAGE_EDGE_OFFLINE,
+               OUTAGE_NO_STATUS)
 # Event classes in colours that are neither the lab's red (contaminant found) nor its green (clean).
 _CLASS_PALETTE = ("#1f77b4", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f")
 _LAB_STYLE = {  # lab outcome -> (face colour, edge colour, label)
@@ -196,8 +197,8 @@ def plot_health(report: LotReport, tz: dt.tzinfo = UTC) -> "Figure":
         return date2num(dt.datetime.fromtimestamp(seconds, UTC))
 
     lanes = report.lanes
-    fig = Figure(figsize=(10, 0.8 + 3.2 * len(lanes)), layout="constrained")
-    grid = fig.add_gridspec(2 * len(lanes), 1, height_ratios=[2, 1.3] * len(lanes))
+    fig = Figure(figsize=(10, 0.8 + 3.6 * len(lanes)), layout="constrained")
+    grid = fig.add_gridspec(2 * len(lanes), 1, height_ratios=[2, 1.7] * len(lanes))
     tz_name = dt.datetime.fromtimestamp(report.as_of_s, tz).strftime("%Z")
     for i, lane in enumerate(lanes):
         age_ax = fig.add_subplot(grid[2 * i])

@@ -116,6 +116,7 @@ OUTAGES = {
                outage("lane-1", lr.OUTAGE_NO_STATUS, T0 + 1400, T0 + 1470),
                outage("lane-1", lr.OUTAGE_BELT_LINK, T0 + 1790, T0 + 1800, ongoing=True)),
     "lane-2": (outage("lane-2", lr.OUTAGE_BELT_LINK, T0 + 500, T0 + 530),
+               outage("lane-2", lr.OUTAGE_RADIATION_FAULT, T0 + 700, T0 + 760),
                outage("lane-2", lr.OUTAGE_EDGE_OFFLINE, T0 + 1000, T0 + 1060)),
 }
 HEALTH = {
@@ -220,6 +221,8 @@ def _status(lane: str) -> list[Point]:
                   "belt_link_up": int(not ((lane == "lane-1" and T0 + 1790 <= t < T0 + 1850)
                                            or (lane == "lane-2" and T0 + 500 <= t < T0 + 530))),
                   "robot_link_up": int(not (lane == "lane-1" and T0 + 1000 <= t < T0 + 1180)),
+                  "alarm_radiation_link": 0,
+                  "alarm_radiation_fault": int(lane == "lane-2" and T0 + 700 <= t < T0 + 760),
                   "spectra_in": int(2 * (t - started)), "seq_gaps": gaps, "model_version": "v1",
                   "alarm_reference_stale": int(age < 0 or age >= 1800)}
         state = "offline" if lane == "lane-2" and t == T0 + 1000 else "online"
