@@ -90,6 +90,18 @@ def events_of(published):
     return [msg.ContaminationEvent.from_json(p) for leaf, p in published if leaf == "events"]
 
 
+def plastic_between(clock, instrument, rng, from_s: float, to_s: float = float("inf")):
+    """counts_fn for run_belt: ore with 60 % plastic while the clock is from_s to to_s past 1000 s, else clean."""
+    w = instrument.wavelengths_nm
+
+    def counts(n):
+        since = clock[0] - 1_000.0
+        refl = (synth.mixed_reflectance("plastic", 0.6, w, n, rng) if from_s <= since < to_s
+                else synth.ore_reflectance(w, n, rng))
+        return instrument.counts(refl, rng)
+    return counts
+
+
 @pytest.mark.parametrize("radiation_cut", [False, True])
 def test_radiation_over_threshold_is_an_event_on_the_belt_and_cut_only_if_configured(lane_core, instrument,
                                                                                      radiation_cut):
@@ -340,13 +352,7 @@ def test_an_event_longer_than_the_cutter_distance_is_cut_on_its_peak_while_still
     make, clock, published, plc = lane_core
     core = make()  # cutter 20 m from the sensors; the belt runs at 3 m/s
     rng = np.random.default_rng(6)
-    w = instrument.wavelengths_nm
-
-    def plastic_from_5_to_25_s(n):  # 60 m of contaminated ore
-        since = clock[0] - 1_000.0
-        refl = (synth.mixed_reflectance("plastic", 0.6, w, n, rng) if 5.0 <= since < 25.0
-                else synth.ore_reflectance(w, n, rng))
-        return instrument.counts(refl, rng)
+    plastic_from_5_to_25_s = plastic_between(clock, instrument, rng, 5.0, 25.0)  # 60 m of contaminated ore
 
     run_belt(core, clock, 35.0, instrument, rng, counts_fn=plastic_from_5_to_25_s)
     events = [e for e in events_of(published) if e.state == "closed"]
@@ -362,12 +368,7 @@ def test_the_daemon_is_woken_where_an_open_event_s_cut_must_be_requested(lane_co
     make, clock, published, plc = lane_core
     core = make()  # cutter 20 m, reaction 1 s, belt at 3 m/s: an open event's cut is requested 2 m before 17 m on
     rng = np.random.default_rng(6)
-    w = instrument.wavelengths_nm
-
-    def plastic_from_5_s(n):
-        refl = (synth.mixed_reflectance("plastic", 0.6, w, n, rng) if clock[0] - 1_000.0 >= 5.0
-                else synth.ore_reflectance(w, n, rng))
-        return instrument.counts(refl, rng)
+    plastic_from_5_s = plastic_between(clock, instrument, rng, 5.0)
 
     run_belt(core, clock, 8.0, instrument, rng, counts_fn=plastic_from_5_s)
     ev = core.events.current
@@ -383,13 +384,7 @@ def test_a_routine_increment_falling_due_while_an_event_is_open_waits_for_the_ev
     # the first increment falls due 8 s in: after the event opened at 15 m (5 s), before its cut is due (~10 s)
     core = make(routine_increment_t=9.6, robot_cycle_s=20.0)
     rng = np.random.default_rng(6)
-    w = instrument.wavelengths_nm
-
-    def plastic_from_5_to_25_s(n):
-        since = clock[0] - 1_000.0
-        refl = (synth.mixed_reflectance("plastic", 0.6, w, n, rng) if 5.0 <= since < 25.0
-                else synth.ore_reflectance(w, n, rng))
-        return instrument.counts(refl, rng)
+    plastic_from_5_to_25_s = plastic_between(clock, instrument, rng, 5.0, 25.0)
 
     run_belt(core, clock, 60.0, instrument, rng, counts_fn=plastic_from_5_to_25_s)
     records = [msg.SampleRecord.from_json(p) for leaf, p in published if leaf == "samples/record"]
@@ -422,13 +417,7 @@ def test_a_lane_set_to_segments_publishes_one_aggregate_per_settled_segment_inst
     make, clock, published, plc = lane_core
     core = make(results="segments", segment_length_m=0.5)
     rng = np.random.default_rng(5)
-    w = instrument.wavelengths_nm
-
-    def plastic_between_10_and_13_s(n):
-        since = clock[0] - 1_000.0
-        refl = (synth.mixed_reflectance("plastic", 0.6, w, n, rng) if 10.0 <= since < 13.0
-                else synth.ore_reflectance(w, n, rng))
-        return instrument.counts(refl, rng)
+    plastic_between_10_and_13_s = plastic_between(clock, instrument, rng, 10.0, 13.0)
 
     run_belt(core, clock, 25.0, instrument, rng, counts_fn=plastic_between_10_and_13_s)
     assert not [leaf for leaf, _ in published if leaf == "results/spectra"]
