@@ -54,11 +54,20 @@ class RuleSpec:
 
 LANE_GROUP = 'GROUP BY "site", "lane"'
 
-# Health alarms the edge raises at its own lane's limits (edge.health.alarms), watched by one rule: a lane whose
-# site file sets its own limits is alerted at them, not at the defaults the panels draw. The reference age and
-# the robot link have rules of their own.
-INSTRUMENT_ALARMS = ("alarm_saturation", "alarm_low_snr", "alarm_lamp_drift", "alarm_camera_fps", "alarm_belt_link",
-                     "alarm_belt_scale_fault", "alarm_radiation_link", "alarm_radiation_fault")
+# Health alarms the edge raises at its own lane's limits (edge.health.alarms), one rule each: a lane whose site
+# file sets its own limits is alerted at them, not at the defaults the panels draw, and a lane whose edge does
+# not publish an alarm yet (an older release) leaves only that rule without data. The reference age and the
+# robot link have rules of their own. (field, title, severity, what it means for the inspector)
+INSTRUMENT_ALARMS = (
+    ("alarm_saturation", "Spectra saturated", "warning", "saturated spectra are refused, not judged"),
+    ("alarm_low_snr", "Spectrometer signal-to-noise low", "warning", "noisy spectra blur the clean-ore limits"),
+    ("alarm_lamp_drift", "Spectrometer lamp drift", "warning", "reflectance is biased until a new white reference"),
+    ("alarm_camera_fps", "Camera frame rate low", "warning", "objects pass the camera unseen"),
+    ("alarm_belt_link", "Belt scale unreachable", "critical", "belt position is extrapolated; cuts may miss"),
+    ("alarm_belt_scale_fault", "Belt scale fault", "critical", "the integrator reports a speed or load-cell fault"),
+    ("alarm_radiation_link", "Gamma portal unreachable", "critical", "the ore passing is not screened for radiation"),
+    ("alarm_radiation_fault", "Gamma portal fault", "critical", "the ore passing is not screened for radiation"),
+)
 
 RULES: tuple[RuleSpec, ...] = (
     RuleSpec("orelane-contamination-event", "Contamination event",
@@ -79,13 +88,6 @@ RULES: tuple[RuleSpec, ...] = (
              300, f"{above(limits.REFERENCE_AGE_S)} || $B < 0",
              summary="White/dark reference on {{ $labels.site }}/{{ $labels.lane }} is older than "
                      f"{limits.REFERENCE_AGE_S.level:g} s, or missing"),
-    RuleSpec("orelane-instrument-alarm", "Lane instrument alarm",
-             "SELECT " + " + ".join(f'last("{name}")' for name in INSTRUMENT_ALARMS)
-             + f' AS "alarms_raised" FROM "lane_status" {where()} {LANE_GROUP}',
-             300, "$B >= 1", for_duration="1m", dashboard_uid=boards.INSTRUMENTS_UID,
-             summary="{{ $values.B.Value }} instrument alarm(s) raised by the edge on {{ $labels.site }}/"
-                     "{{ $labels.lane }} (spectrometer saturation, SNR or lamp drift, camera frame rate, belt scale "
-                     "link or fault, gamma portal link or fault): the Instruments dashboard shows which"),
     RuleSpec("orelane-lane-silent", "Lane silent",
              f'SELECT moving_average(count("online"), {int(limits.LANE_SILENT_S.level) // LANE_SILENT_BUCKET_S}) '
              f'FROM "lane_status" {where()} GROUP BY time({LANE_SILENT_BUCKET_S}s), "site", "lane" fill(0)',
@@ -103,7 +105,13 @@ RULES: tuple[RuleSpec, ...] = (
              outside(limits.ANOMALY_RATE), for_duration="15m", dashboard_uid=boards.MODELS_UID,
              summary="Anomaly rate of model {{ $labels.model_version }} on {{ $labels.site }}/{{ $labels.lane }} "
                      "is outside " + f"{limits.ANOMALY_RATE.low:g}-{limits.ANOMALY_RATE.high:g}"),
-)
+) + tuple(
+    RuleSpec("orelane-" + name.removeprefix("alarm_").replace("_", "-"), title,
+             f'SELECT last("{name}") FROM "lane_status" {where()} {LANE_GROUP}', 300, "$B >= 1", for_duration="1m",
+             severity=severity, dashboard_uid=boards.INSTRUMENTS_UID,
+             summary=f"{title} on {{{{ $labels.site }}}}/{{{{ $labels.lane }}}} ({name}, raised by the edge at the "
+                     f"lane's own limit): {meaning}")
+    for name, title, severity, meaning in INSTRUMENT_ALARMS)
 
 
 def rule(spec: RuleSpec, folder_uid: str = FOLDER_UID, datasource_uid: str = DATASOURCE_UID) -> alerting_b.Rule:

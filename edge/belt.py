@@ -80,13 +80,23 @@ class BeltTracker:
         return float(np.interp(t_s, t, ton))
 
     def time_spent_over(self, start_m: float, end_m: float) -> float:
-        """Seconds the belt took to carry [start_m, end_m) past the sensors, stops included; 0 when that
-        stretch is not wholly within the readings kept."""
-        t, pos = self._cols[0, self._start:self._end], self._cols[1, self._start:self._end]
-        if t.size < 2 or start_m < pos[0] or end_m > pos[-1]:
-            return 0.0
-        enter, leave = np.interp([start_m, end_m], pos, t)  # positions never decrease
-        return float(max(leave - enter, 0.0))
+        """Seconds the belt took to carry [start_m, end_m) past the sensors, stops included; 0 when that is not
+        known (the stretch starts before the readings kept, or lies ahead of a stopped belt)."""
+        enter, leave = self._first_time_at(start_m), self._first_time_at(end_m)
+        return 0.0 if enter is None or leave is None else max(leave - enter, 0.0)
+
+    def _first_time_at(self, position_m: float) -> float | None:
+        """When the belt first reached a coordinate: a stop there belongs to the stretch that starts there,
+        where the spectra taken meanwhile go. Past the last reading, at the last speed."""
+        t, pos, speed = (self._cols[i, self._start:self._end] for i in range(3))
+        if t.size == 0 or position_m < pos[0]:
+            return None
+        if position_m > pos[-1]:
+            return float(t[-1] + (position_m - pos[-1]) / speed[-1]) if speed[-1] > 0 else None
+        i = int(np.searchsorted(pos, position_m, side="left"))  # first reading at or past it
+        if i == 0:
+            return float(t[0])
+        return float(t[i - 1] + (position_m - pos[i - 1]) / (pos[i] - pos[i - 1]) * (t[i] - t[i - 1]))
 
     def positions_at(self, times_s: np.ndarray) -> np.ndarray:
         """Belt coordinates at many times at once; beyond the readings, the nearest reading's speed carries on."""

@@ -105,7 +105,8 @@ class LaneDaemon:
         elif self.belt_scale.link_up:  # the link works; the values were out of the contract's range
             self.core.on_belt_refused(self.belt_scale.last_error)
         if self.radiation is not None:
-            self.core.on_radiation_reading(self.radiation.read(), self.radiation.link_up)
+            self.core.on_radiation_reading(self.radiation.read(), self.radiation.link_up,
+                                           self.radiation.values_in_range)
         self.core.step(now_s)
 
     def _guarded(self, fn, *args) -> None:

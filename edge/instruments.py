@@ -29,6 +29,7 @@ class InstrumentReader:
         self.failures = 0
         self.values_refused = 0  # reads whose values were out of the contract's range
         self.last_error = ""
+        self.values_in_range: dict[str, float] = {}  # of the last read, refused or not ({} when it failed)
         self._retry_at = 0.0
 
     def read(self) -> dict[str, float] | None:
@@ -45,6 +46,7 @@ class InstrumentReader:
                 raise ModbusException(f"{where}: read of input registers {self.regmap.start}+{self.regmap.count} "
                                       f"answered {rr}")
         except (ConnectionError, ModbusException, OSError) as exc:
+            self.values_in_range = {}
             self._fail(str(exc) if where in str(exc) else f"{where}: {exc}", now)
             return None
         if not self.link_up:
@@ -53,12 +55,14 @@ class InstrumentReader:
         try:
             values = self.regmap.decode(rr.registers)
         except ContractError as exc:  # the link works; the device reports nonsense
+            self.values_in_range = self.regmap.decode_in_range(rr.registers)
             self.values_refused += 1
             if self.last_error != f"{where}: {exc}":
                 log.warning("%s: %s", where, exc)
             self.last_error = f"{where}: {exc}"
             return None
         self.last_error = ""
+        self.values_in_range = values
         return values
 
     def _fail(self, message: str, now: float) -> None:

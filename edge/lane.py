@@ -97,6 +97,7 @@ class LaneCore:
         self.belt_link_up = False
         self.belt_scale_status = SCALE_RUNNING  # the integrator's status bits (BELT_SCALE "status")
         self._belt_refusal = ""  # the last reason a belt-scale reading was refused, logged once per reason
+        self._last_totalizer: tuple[float, float] | None = None  # (reading time s, totalizer t) of the last step
         self.plc: PlcStatus | None = None
         self.robot_error = ""
         self._last_sealed_id = 0
@@ -393,18 +394,24 @@ class LaneCore:
             log.warning("lane %s: belt-scale reading refused: %s", self.lane.id, reason)
         self._belt_refusal = reason
 
-    def on_radiation_reading(self, reading: dict[str, float] | None, link_up: bool | None = None) -> None:
+    def on_radiation_reading(self, reading: dict[str, float] | None, link_up: bool | None = None,
+                             values_in_range: dict[str, float] | None = None) -> None:
         """A gamma portal reading; an alarm (the portal's own, or the dose over the lane's threshold) is placed
         on the belt under the sensors like any other evidence.
 
         A reading the lane cannot trust places nothing, as the lane cannot say the ore is hot, and raises an
         alarm that says it cannot say it is not: alarm_radiation_link when the read failed (None, link down),
         alarm_radiation_fault when the portal answered values out of range (None, link up) or reports its own
-        fault (alarm register 2)."""
+        fault (alarm register 2). One exception: a refused reading whose alarm register itself says high
+        (`values_in_range`, the values that were in range) is acted on, since a dose beyond the portal's range
+        is what a very hot load would show."""
         self.radiation_link_up = reading is not None if link_up is None else link_up
         self.radiation_fault = (reading is None and self.radiation_link_up) or (reading is not None
                                                                                and reading["alarm"] == 2)
-        if reading is None or self.radiation_fault:
+        if reading is None:
+            self.radiation_alarm = self.radiation_link_up and (values_in_range or {}).get("alarm") == 1
+            return
+        if self.radiation_fault:
             self.radiation_alarm = False
             return
         self.radiation_dose_usv_h = reading["dose_rate_usv_h"]
@@ -461,17 +468,36 @@ class LaneCore:
             for update in self.events.feed(segment):
                 self._on_event(update, position, latest.speed_m_s)
         self._cut_open_event_before_its_peak_passes(position, latest.speed_m_s)
-        crossed = self.routine.due(latest.totalizer_t)
+        crossed = self._routine_increments_due(latest.t_s, latest.totalizer_t)
         if crossed:
             target = position - self.lane.cutter_distance_m + latest.speed_m_s * self.lane.robot_reaction_s
             self._request_cut("routine", target, latest.totalizer_t, None)
-        if crossed > 1:  # more cuts aimed at the same ore would only queue behind the first and expire
+        if len(crossed) > 1:  # more cuts aimed at the same ore would only queue behind the first and expire
             log.warning("lane %s: the belt scale's totalizer passed %d routine increments at once (%.1f t); "
-                        "one cut for them, the others recorded missed", self.lane.id, crossed, latest.totalizer_t)
-            for _ in range(crossed - 1):
-                self._request_cut("routine", target, latest.totalizer_t, None, schedule=False)
+                        "one cut for them, the others recorded missed", self.lane.id, len(crossed),
+                        latest.totalizer_t)
+            for increment_t in crossed[:-1]:
+                self._request_cut("routine", target, increment_t, None, schedule=False)
                 self.counters.cuts_missed += 1
         self._drive_robot(position, latest.speed_m_s)
+
+    def _routine_increments_due(self, t_s: float, totalizer_t: float) -> list[float]:
+        """The tonnage of each routine increment the totalizer has passed since the last reading seen.
+
+        A rise more than the belt's rating could carry meanwhile (1.5 times, plus 1 t) is a glitch or a preset
+        of the integrator, not ore: the count carries on from the new value without increments for it."""
+        last, self._last_totalizer = self._last_totalizer, (t_s, totalizer_t)
+        if last is not None and t_s > last[0]:
+            most_t = 1.5 * self.lane.belt_rated_flow_t_h / 3600.0 * (t_s - last[0]) + 1.0
+            if totalizer_t - last[1] > most_t:
+                log.warning("lane %s: the belt scale's totalizer rose %.1f t in %.1f s, more than the belt can "
+                            "carry (%.1f t): taken as a new count, no routine increments for it", self.lane.id,
+                            totalizer_t - last[1], t_s - last[0], most_t)
+                self.routine.carry_on_from(totalizer_t)
+                return []
+        crossed = self.routine.due(totalizer_t)
+        step_t = self.routine.increment_t
+        return [self.routine.next_t - step_t * (crossed - k) for k in range(crossed)]
 
     def _settle_position(self, now_s: float, position_m: float) -> float:
         """How far along the belt the evidence has come: the newest spectrum handled, not the belt under the

@@ -102,10 +102,17 @@ class RoutineSchedule:
             self._last_t = totalizer_t
             return 0
         if totalizer_t < self._last_t:
-            self.next_t = totalizer_t + (self.next_t - self._last_t)
+            self.carry_on_from(totalizer_t)
         self._last_t = totalizer_t
         count = 0
         while totalizer_t >= self.next_t:
             count += 1
             self.next_t += self.increment_t
         return count
+
+    def carry_on_from(self, totalizer_t: float) -> None:
+        """Take totalizer_t as the count to go on from, the tonnes still to go to the next increment kept:
+        after a reset, or a jump the belt could not have carried (no increments for it)."""
+        if self.next_t is not None:
+            self.next_t = totalizer_t + (self.next_t - self._last_t)
+        self._last_t = totalizer_t

@@ -59,7 +59,10 @@ class RegisterMap:
         for reg in self.registers:
             if reg.name in values:
                 i = reg.address - self.start
-                words[i:i + reg.width] = encode_value(reg, values[reg.name])
+                try:
+                    words[i:i + reg.width] = encode_value(reg, values[reg.name])
+                except ContractError as exc:
+                    raise ContractError(f"{self.device} {exc}") from None
         return words
 
     def decode(self, words: list[int]) -> dict[str, float]:
@@ -73,6 +76,21 @@ class RegisterMap:
         return out
 
 
+    def decode_in_range(self, words: list[int]) -> dict[str, float]:
+        """The values of the block that decode within their ranges, the others left out: a reading `decode`
+        refuses may still carry a value to act on (a gamma portal's own alarm beside a saturated dose)."""
+        if len(words) != self.count:
+            return {}
+        out: dict[str, float] = {}
+        for reg in self.registers:
+            i = reg.address - self.start
+            try:
+                out[reg.name] = decode_value(reg, words[i:i + reg.width], self.device)
+            except ContractError:
+                continue
+        return out
+
+
 def encode_value(reg: Register, value: float) -> list[int]:
     if reg.kind == "f32":
         hi, lo = struct.unpack(">HH", struct.pack(">f", float(value)))
@@ -80,10 +98,10 @@ def encode_value(reg: Register, value: float) -> list[int]:
     iv = int(value)
     if reg.kind == "u32":
         if not 0 <= iv < 2**32:
-            raise ContractError(f"{reg.name}: {iv} does not fit u32")
+            raise ContractError(f"{reg.name}: {iv} {reg.unit} does not fit u32")
         return [iv >> 16, iv & 0xFFFF]
     if not 0 <= iv < 2**16:
-        raise ContractError(f"{reg.name}: {iv} does not fit u16")
+        raise ContractError(f"{reg.name}: {iv} {reg.unit} does not fit u16")
     return [iv]
 
 
@@ -121,7 +139,7 @@ SCALE_LOADCELL_FAULT = 0x4
 RADIATION_PORTAL = RegisterMap("radiation portal", INPUT, (
     Register("dose_rate_usv_h", 0, "f32", "uSv/h", "gamma dose rate", 0.0, 1e5),
     Register("background_usv_h", 2, "f32", "uSv/h", "learned background", 0.0, 1e5),
-    Register("alarm", 4, "u16", "enum", "0 none, 1 high, 2 fault"),
+    Register("alarm", 4, "u16", "enum", "0 none, 1 high, 2 fault", 0, 2),
 ))
 
 # Sampler PLC, written by the edge: holding registers (FC16 writes the whole block at once).

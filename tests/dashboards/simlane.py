@@ -54,10 +54,12 @@ class LaneSpec:
     lot: tuple[str, float] | None = None  # (lot id, opened at)
     missed_targeted: int = 0
     belt_scale_fault_from_s: float | None = None  # the integrator reports its load cell faulted from this time
+    radiation_fault_from_s: float | None = None  # the gamma portal reports its own fault from this time
 
 
 LANES = (
     LaneSpec("port-north", "lane-1", 3000.0, v2_from_s=T0_S + 900, fault_from_s=NOW_S - 90, radiation=True,
+             radiation_fault_from_s=NOW_S - 150,
              events=((T0_S + 200, T0_S + 204, "wood", "L-001"), (NOW_S - 120, NOW_S - 116, "plastic", "L-001")),
              lot=("L-001", T0_S + 60)),
     LaneSpec("port-north", "lane-2", 2500.0, dies_at_s=NOW_S - 300,
@@ -258,11 +260,13 @@ def _lane(spec: LaneSpec, truth: Truth) -> list[Point]:
         health["belt_scale_fault"] = int(scale_fault)
         health.update({name: 0 for name in HEALTH_ALARMS}, alarm_belt_scale_fault=int(scale_fault),
                       alarm_reference_stale=int(age >= 1800.0), alarm_robot_link=int(not link_up))
-        for name in HEALTH_ALARMS:
-            truth.alarms[(key, name)].add(health[name])
         if spec.radiation:
             health["radiation_link_up"] = 1
+            portal_fault = spec.radiation_fault_from_s is not None and t >= spec.radiation_fault_from_s
+            health["radiation_fault"] = health["alarm_radiation_fault"] = int(portal_fault)
             truth.radiation_lanes.add(key)
+        for name in HEALTH_ALARMS:
+            truth.alarms[(key, name)].add(health[name])
         truth.robot_states[key].add(health["robot_state"])
         truth.robot_link[key].add(health["robot_link_up"])
         points += _points(spec, "status", m.LaneStatus(spec.lane, "online", float(t), health))

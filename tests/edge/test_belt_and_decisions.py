@@ -168,7 +168,15 @@ def test_the_time_a_stretch_took_to_pass_counts_a_stop_within_it():
         tracker.update(t_s, speed, 0.0)
     assert tracker.time_spent_over(0.0, 1.0) == pytest.approx(0.5)
     assert tracker.time_spent_over(1.5, 2.5) > 4.0  # the belt stopped at about 2.1 m for 3.9 s
-    assert tracker.time_spent_over(5.0, 50.0) == 0.0  # not passed yet: not known
+    assert tracker.time_spent_over(7.9, 8.9) == pytest.approx(0.5)  # ahead of the last reading, at its speed
+    assert tracker.time_spent_over(-1.0, 0.0) == 0.0  # before the first reading: not known
+
+
+def test_a_stop_on_a_segment_edge_counts_in_the_segment_that_starts_there():
+    tracker = BeltTracker()
+    for t_s, speed in ((0.0, 0.0), (60.0, 0.0), (60.1, 1.0), (61.0, 1.0)):  # at rest at 0 m for a minute
+        tracker.update(t_s, speed, 0.0)
+    assert tracker.time_spent_over(0.0, 0.5) == pytest.approx(60.1 + 0.45)  # 0.05 m in the ramp, 0.45 at 1 m/s
 
 
 def test_camera_evidence_seen_in_two_frames_counts_fully_one_frame_half():

@@ -141,6 +141,9 @@ def test_a_gamma_portal_answering_nonsense_places_no_alarm_and_raises_a_fault_al
     assert core.health()["radiation_dose_usv_h"] == pytest.approx(2.0)  # the last trusted dose
     core.on_radiation_reading({"dose_rate_usv_h": 0.1, "background_usv_h": 0.1, "alarm": 0}, link_up=True)
     assert core.health()["alarm_radiation_fault"] == 0
+    # a dose beyond the portal's range beside its own high alarm: a very hot load, marked (and a fault raised)
+    core.on_radiation_reading(None, link_up=True, values_in_range={"background_usv_h": 0.1, "alarm": 1})
+    assert core.radiation_alarm and core.health()["alarm_radiation_fault"] == 1
 
 
 def test_every_numeric_health_field_is_one_the_dashboards_know(lane_core):
@@ -246,16 +249,28 @@ def test_a_faulted_speed_sensor_is_not_trusted_and_raises_the_belt_scale_alarm(l
 def test_increments_the_totalizer_jumped_over_give_one_cut_and_are_recorded_missed(lane_core):
     make, clock, published, plc = lane_core
     core = make(routine_increment_t=10.0)
-    for total in (0.0, 1.0, 2.0, 35.0):  # a jump of 33 t: three increments at once
-        clock[0] += 0.1
+    for gap_s, total in ((0.1, 0.0), (0.1, 1.0), (0.1, 2.0), (30.0, 35.0)):  # 30 s without readings, then 33 t on
+        clock[0] += gap_s
         core.on_belt_reading(clock[0], {"speed_m_s": 3.0, "totalizer_t": total, "flow_t_h": 3000.0, "status": 1})
         core.step(clock[0])
     requests = [msg.SampleRequest.from_json(p) for leaf, p in published if leaf == "samples/request"]
     records = [msg.SampleRecord.from_json(p) for leaf, p in published if leaf == "samples/record"]
     assert len(requests) == 3 and all(r.sample_kind == "routine" for r in requests)
     assert sorted(r.status for r in records) == ["cut", "missed", "missed"]  # the first cut went out at once
-    assert all("at once" in r.reason for r in records if r.status == "missed")
+    missed = [r for r in records if r.status == "missed"]
+    assert all("at once" in r.reason for r in missed) and sorted(r.tonnage_t for r in missed) == [10.0, 20.0]
     assert core.counters.cuts_missed == 2 and core.counters.cuts_routine == 1
+
+
+def test_a_totalizer_jump_the_belt_could_not_carry_is_a_new_count_without_increments(lane_core):
+    make, clock, published, plc = lane_core
+    core = make(routine_increment_t=10.0, belt_rated_flow_t_h=8000.0)
+    for total in (0.0, 1.0, 1e6, 1e6 + 10.0):  # a glitch of a million tonnes in 0.1 s, then 10 t in 5 s
+        clock[0] += 0.1 if total < 1e6 + 1 else 5.0
+        core.on_belt_reading(clock[0], {"speed_m_s": 3.0, "totalizer_t": total, "flow_t_h": 3000.0, "status": 1})
+        core.step(clock[0])
+    requests = [msg.SampleRequest.from_json(p) for leaf, p in published if leaf == "samples/request"]
+    assert [r.tonnage_t for r in requests] == [1e6 + 10.0]  # 1 + 10 t since the first reading: one increment
 
 
 def test_a_lane_polling_its_belt_scale_every_2_s_integrates_speed_changes_between_readings(lane_core):
@@ -264,6 +279,29 @@ def test_a_lane_polling_its_belt_scale_every_2_s_integrates_speed_changes_betwee
     core.on_belt_reading(clock[0], {"speed_m_s": 3.0, "totalizer_t": 0.0, "flow_t_h": 3000.0, "status": 1})
     core.on_belt_reading(clock[0] + 2.0, {"speed_m_s": 1.0, "totalizer_t": 0.0, "flow_t_h": 1000.0, "status": 1})
     assert core.tracker.latest.position_m == pytest.approx(4.0)  # the trapezoid, not 2 s at the last speed
+
+
+def test_a_belt_three_times_as_fast_scores_the_same_share_of_flagged_spectra_as_certain(lane_core, instrument):
+    make, clock, published, plc = lane_core
+    core = make(results="segments")
+    rng = np.random.default_rng(12)
+    w = instrument.wavelengths_nm
+    run_belt(core, clock, 10.0, instrument, rng, speed=1.0)  # 25 clean spectra a segment
+
+    def two_in_five_plastic(n):  # 40 % of the spectra: certain
+        refl = synth.ore_reflectance(w, n, rng)
+        refl[:2] = synth.mixed_reflectance("plastic", 1.0, w, 2, rng)
+        return instrument.counts(refl, rng)
+
+    published.clear()
+    run_belt(core, clock, 10.0, instrument, rng, speed=3.0, counts_fn=two_in_five_plastic)  # about 8 a segment
+    fast = [s for s in (msg.SegmentResult.from_json(p) for leaf, p in published if leaf == "results/segments")
+            if s.start_m >= 10.0 + 2.0 and s.n_spectra]
+    assert len(fast) > 40
+    # 3 or 4 flagged of 8-9: 0.78-1.0 against the segment's own count; against half the slow belt's 25 the
+    # first dozen fast segments would read 0.47-0.73
+    first = [s.nir_score for s in fast[:12]]
+    assert min(first) >= 0.75 and np.mean(first) >= 0.85, [(s.n_spectra, s.n_flagged, s.nir_score) for s in fast[:12]]
 
 
 def test_a_speed_fault_before_any_good_reading_leaves_the_belt_position_unknown(lane_core):
@@ -522,6 +560,10 @@ def test_the_daemon_counts_a_refused_belt_reading_and_faults_a_portal_answering_
         health = daemon.core.health()
         assert health["belt_readings_refused"] == 1 and health["alarm_belt_link"] == 0
         assert health["alarm_radiation_fault"] == 1 and health["alarm_radiation_link"] == 0
+        assert not daemon.core.radiation_alarm
+        portal.set_input(RADIATION_PORTAL, {"alarm": 1})  # the portal's own high alarm beside the saturated dose
+        daemon.poll_instruments()
+        assert daemon.core.radiation_alarm and daemon.core.health()["alarm_radiation_fault"] == 1
     finally:
         daemon.robot.close()
         daemon.belt_scale.close()
