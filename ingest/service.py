@@ -96,7 +96,8 @@ def _warn_of_unclaimed_segments(buffer_root: Path) -> None:
     segments = sorted(buffer_root.glob("*" + SEGMENT_SUFFIX)) if buffer_root.is_dir() else []
     if segments:
         log.warning("%d buffered segment(s) in %s belong to no worker (an older release wrote there): replay them "
-                    "with `orelane ingest replay %s` while no worker runs", len(segments), buffer_root, buffer_root)
+                    "with `orelane ingest replay %s --config <site file>` while no worker runs", len(segments),
+                    buffer_root, buffer_root)
 
 
 @dataclass
