@@ -34,12 +34,17 @@ from spectral.model import FLAG_DEGENERATE, FLAG_NONFINITE, FLAG_SATURATED, Lane
 log = logging.getLogger(__name__)
 
 ROBOT_POLL_S = 0.5
+ROBOT_MAX_BACKOFF_S = 5.0  # while the PLC cannot be reached, polls back off to this (each may block ~1 s)
 MAX_HELD_SPECTRA = 5000  # spectra held while waiting for the dark and white references
 # Segments wait for spectra the daemon has yet to handle (queued in the broker or in the daemon's inbox) for up
 # to this long; past it they settle anyway, so a silent spectrometer cannot hold up camera and radiation evidence.
 SPECTRA_WAIT_S = 5.0
 OPEN_EVENT_CUT_LEAD_M = 2.0  # see LaneCore._cut_open_event_before_its_peak_passes
 SNR_ROWS = 64  # signal-to-noise is a health figure: a sample of each batch is enough
+# Evidence is placed on the belt by its timestamp; one stamped far from the edge's clock (an instrument clock
+# gone wrong) would land kilometres away, and settling up to it would take forever. Refused beyond these.
+MAX_EVIDENCE_AGE_S = 600.0  # older than this, its belt position is extrapolated past any use
+MAX_EVIDENCE_AHEAD_S = 60.0
 STATE_CODES = {name: code for code, name in STATE_NAMES.items()}
 FAULT_CODES = {name: code for code, name in FAULT_NAMES.items()}
 
@@ -106,6 +111,7 @@ class LaneCore:
         self._held_spectra = 0
         self._fault_seen = "none"
         self._next_robot_poll_s = 0.0
+        self._robot_failures = 0
         self._last_belt_pub_s = 0.0
         self.closed_events: list[msg.ContaminationEvent] = []
         self.first_white: np.ndarray | None = None
@@ -206,12 +212,16 @@ class LaneCore:
         self.counters.spectra_in += n
         seqs = batch.seq.astype(np.int64)
         times_s = batch.timestamp_ns.astype(np.float64) / 1e9
-        if n and batch.lane == self.lane.id:
-            newest = float(times_s.max())
+        now_s = self.clock()
+        mistimed = (times_s < now_s - MAX_EVIDENCE_AGE_S) | (times_s > now_s + MAX_EVIDENCE_AHEAD_S)
+        if n and batch.lane == self.lane.id and not mistimed.all():
+            newest = float(times_s[~mistimed].max())
             self._spectra_until_s = newest if self._spectra_until_s is None else max(self._spectra_until_s, newest)
         self._count_gaps(seqs)
         self.saturated_fraction = instrument_health.saturated_fraction(np.asarray(batch.counts))
         reasons = batch.row_problems()
+        for row in np.flatnonzero(mistimed):
+            reasons.setdefault(int(row), self._time_problem(float(times_s[row]), now_s))
         whole_batch_reason = self._batch_problem(batch)
         if whole_batch_reason:
             reasons = {i: whole_batch_reason for i in range(n)}
@@ -265,6 +275,17 @@ class LaneCore:
         return new_keep, Scores(**{name: (None if value is None else value[good])
                                    for name, value in vars(scores).items()})
 
+    @staticmethod
+    def _time_problem(t_s: float, now_s: float) -> str:
+        """Why evidence stamped t_s cannot be placed on the belt, or ''."""
+        if t_s < now_s - MAX_EVIDENCE_AGE_S:
+            return (f"timestamp {t_s:.3f} s is {now_s - t_s:.0f} s behind the edge's clock (more than "
+                    f"{MAX_EVIDENCE_AGE_S:g} s: its belt position is not known); check the instrument's clock")
+        if t_s > now_s + MAX_EVIDENCE_AHEAD_S:
+            return (f"timestamp {t_s:.3f} s is {t_s - now_s:.0f} s ahead of the edge's clock (more than "
+                    f"{MAX_EVIDENCE_AHEAD_S:g} s); check the instrument's clock")
+        return ""
+
     def _batch_problem(self, batch: msg.SpectrumBatch) -> str:
         """A reason that refuses every spectrum of the batch, or ''."""
         if batch.lane != self.lane.id:
@@ -293,10 +314,12 @@ class LaneCore:
     def handle_frame(self, frame: msg.CameraFrame) -> None:
         self.counters.frames_in += 1
         t_s = frame.timestamp_ns / 1e9
-        if self.tracker.latest is None:
+        problem = ("belt position unknown: no belt-scale reading yet" if self.tracker.latest is None
+                   else self._time_problem(t_s, self.clock()))
+        if problem:
             self.counters.frames_rejected += 1
-            return self.dead_letter(self.topic("camera/frame"), "belt position unknown: no belt-scale reading yet",
-                                    seq=frame.seq, message_time_ns=frame.timestamp_ns)
+            return self.dead_letter(self.topic("camera/frame"), problem, seq=frame.seq,
+                                    message_time_ns=frame.timestamp_ns)
         try:
             image = camera.decode_jpeg(frame.jpeg)
         except ValueError as exc:
@@ -330,6 +353,9 @@ class LaneCore:
         if lot.state == "closed" and self.lot is not None and self.lot.lot_id == lot.lot_id:
             latest = self.tracker.latest
             self._check_brand(latest.position_m if latest else 0.0, final=True)
+        if lot.state == "open" and self.lot is not None and self.lot.lot_id == lot.lot_id:
+            self.lot = lot  # the same lot again (the broker resends the retained message on reconnection)
+            return
         if lot.state == "open":
             latest = self.tracker.latest
             self._lot_start_m = latest.position_m if latest else 0.0
@@ -360,7 +386,18 @@ class LaneCore:
                 return self.dead_letter(topic, f"model {dep.model_id} not deployed: this lane's spectrometer "
                                                f"does not fit it ({exc}); still scoring with {self.model.version}")
         previous, self.model = self.model, model
+        self._brand_votes = self._votes_for(model, previous)
         log.info("lane %s: model %s deployed (was %s)", self.lane.id, model.version, previous.version)
+
+    def _votes_for(self, model: LaneModel, previous: LaneModel) -> np.ndarray:
+        """The lot's brand votes so far under the new model's brands, by name (a brand it lacks loses its votes)."""
+        names = list(getattr(model, "brand_names", ()) or ())
+        old = list(getattr(previous, "brand_names", ()) or ())
+        votes = np.zeros(len(names), dtype=np.int64)
+        for i, name in enumerate(names):
+            if name in old and old.index(name) < self._brand_votes.size:
+                votes[i] = self._brand_votes[old.index(name)]
+        return votes
 
     # ------------------------------------------------------------------ instruments and robot
     def on_belt_reading(self, now_s: float, reading: dict[str, float]) -> None:
@@ -602,8 +639,11 @@ class LaneCore:
             if not self.robot_error:
                 log.warning("lane %s: robot: %s", self.lane.id, exc)
             self.robot_error = str(exc)
+            # back off, or every step would block on the PLC's connect timeout and the lane fall behind
+            self._robot_failures += 1
+            self._next_robot_poll_s = self.clock() + min(ROBOT_MAX_BACKOFF_S, ROBOT_POLL_S * 2 ** self._robot_failures)
             return
-        self.plc, self.robot_error = plc, ""
+        self.plc, self.robot_error, self._robot_failures = plc, "", 0
         if not self._reconciled:
             self._reconcile(plc, after_restart=True)
         elif plc.faulted and plc.fault != self._fault_seen:
@@ -627,8 +667,9 @@ class LaneCore:
         if after_restart:
             self._reconciled = True
             self._last_sealed_id = plc.last_sealed_sample_id
+        scheduled = {c.sample_id for c in self.scheduler.pending}  # this run's own, still to be cut
         open_samples = [r for r in self.registry.open_requests() + self.registry.samples(status="cut")
-                        if r.lane == self.lane.id]
+                        if r.lane == self.lane.id and r.sample_id not in scheduled]
         for decision in reconcile(open_samples, plc):
             if not after_restart and decision.outcome not in (LOST_FAULT, LOST_POWER_LOSS):
                 continue
@@ -655,6 +696,9 @@ class LaneCore:
         if not due:
             return
         cut = due[0]
+        if self.robot_error:  # polls are backing off; step polls again when they are due
+            cut.last_refusal = f"robot unreachable: {self.robot_error}"
+            return
         if self.plc is None or not self.plc.ready:
             self.poll_robot()  # the last status may be half a second old; the cut window is shorter
         if self.plc is not None and not self.plc.ready:

@@ -579,13 +579,14 @@ def fit_lane_model(reflectance: np.ndarray, labels: np.ndarray, wavelengths_nm: 
 
 
 def train_synthetic(instrument, rng: np.random.Generator, n_clean: int = 1500, n_per_class: int = 300,
-                    model_id: str = "synthetic-v1") -> LaneModel:
-    """A model trained on simulated lane spectra; for the demo and tests until engineers calibrate a real one."""
+                    model_id: str = "synthetic-v1", brands: tuple[str, ...] | None = None) -> LaneModel:
+    """A model trained on simulated lane spectra; for the demo and tests until engineers calibrate a real one.
+    `brands` (names of spectral.synth.BRANDS) limits the ore brands it knows; all by default."""
     from spectral import synth
 
     w = instrument.wavelengths_nm
     dark, white = instrument.dark_reference(), instrument.white_reference()
-    brand_names = list(synth.BRANDS)
+    brand_names = list(brands or synth.BRANDS)
     refl, labels, brands = [], [], []
     per_brand = max(1, n_clean // len(brand_names))
     for b in brand_names:

@@ -569,3 +569,80 @@ def test_the_daemon_counts_a_refused_belt_reading_and_faults_a_portal_answering_
         daemon.belt_scale.close()
         daemon.radiation.close()
         registry.close()
+
+
+@pytest.mark.parametrize("stamp", ["1970", "an hour ahead"])
+def test_evidence_stamped_far_from_the_edge_s_clock_is_refused_naming_the_clock(lane_core, instrument, stamp):
+    make, clock, published, plc = lane_core
+    core = make()
+    rng = np.random.default_rng(14)
+    run_belt(core, clock, 2.0, instrument, rng)
+    t_ns = int(5e9) if stamp == "1970" else int((clock[0] + 3600.0) * 1e9)
+    w = instrument.wavelengths_nm
+    counts = instrument.counts(synth.ore_reflectance(w, 3, rng), rng)
+    core.handle_spectra("spectra/batch", msg.SpectrumBatch(
+        LANE, w.astype(np.float32), np.arange(10_000, 10_003, dtype=np.uint64), np.full(3, t_ns, np.int64),
+        np.full(3, 5000, np.uint32), counts))
+    cam = camera.SimulatedCamera(width_px=160, height_px=120, rng=np.random.default_rng(4))
+    core.handle_frame(msg.CameraFrame(LANE, 1, t_ns, 2.5, cam.frame()[0]))
+    run_belt(core, clock, 2.0, instrument, rng)  # settling goes on as before (it would not end for 1970)
+    letters = [msg.DeadLetter.from_json(p) for leaf, p in published if leaf == "deadletter"]
+    assert len(letters) == 4 and all("the edge's clock" in d.reason for d in letters)
+    assert core.counters.spectra_rejected == 3 and core.counters.frames_rejected == 1
+
+
+def test_a_model_with_other_brands_deployed_mid_lot_keeps_judging_and_keeps_votes_by_name(lane_core, instrument,
+                                                                                       tmp_path):
+    make, clock, published, plc = lane_core
+    core = make(brand_min_spectra=10**6)
+    core.handle_lot(msg.Lot(LANE, "LOT-9", "MV Test", "V1", "hematite_lump_63", 50000.0, "BR", "open", clock[0]))
+    rng = np.random.default_rng(15)
+    run_belt(core, clock, 3.0, instrument, rng, brand="hematite_lump_63")
+    before = dict(zip(core.model.brand_names, core._brand_votes))
+    new_model = train_synthetic(instrument, np.random.default_rng(99), model_id="lane-3-v2",
+                                brands=("goethite_fines_58", "hematite_lump_63", "magnetite_concentrate_66"))
+    core.handle_deployment(msg.ModelDeployment(LANE, "lane-3-v2", "2", new_model.sha256(),
+                                               str(new_model.save(tmp_path / "v2.npz")), clock[0]))
+    assert core.model.version == new_model.version
+    assert dict(zip(new_model.brand_names, core._brand_votes)) == {b: before[b] for b in new_model.brand_names}
+    judged = core.counters.spectra_classified
+    run_belt(core, clock, 2.0, instrument, rng)
+    assert core.counters.spectra_classified == judged + 100  # every batch still judged
+
+
+def test_a_lot_message_delivered_again_does_not_restart_the_lot_s_brand_check(lane_core, instrument):
+    make, clock, published, plc = lane_core
+    core = make(brand_min_spectra=600)
+    lot = msg.Lot(LANE, "LOT-9", "MV Test", "V1", "hematite_lump_63", 50000.0, "BR", "open", clock[0])
+    core.handle_lot(lot)
+    run_belt(core, clock, 15.0, instrument, np.random.default_rng(2), brand="goethite_fines_58")
+    core.handle_lot(lot)  # the retained message again, after a reconnection
+    run_belt(core, clock, 15.0, instrument, np.random.default_rng(3), brand="goethite_fines_58")
+    assert len([e for e in events_of(published) if e.likely_class == "declaration_mismatch"]) == 1
+
+
+def test_a_cut_requested_before_the_first_plc_poll_is_not_settled_as_left_over_from_an_earlier_run(lane_core):
+    make, clock, published, plc = lane_core
+    core = make()
+    core.on_belt_reading(clock[0], {"speed_m_s": 3.0, "totalizer_t": 0.0, "flow_t_h": 3000.0, "status": 1})
+    core._request_cut("targeted", 50.0, 1.0, "ev-1")  # before the PLC has answered once (it was not reachable)
+    core.poll_robot()  # the first answer: samples left open by an earlier run are settled now
+    (sample,) = core.registry.samples()
+    assert sample.status == "requested" and [c.sample_id for c in core.scheduler.pending] == [sample.sample_id]
+
+
+def test_polls_of_an_unreachable_plc_back_off_so_the_lane_keeps_up(lane_core, caplog):
+    from tests.servers import free_port
+    make, clock, published, plc = lane_core
+    core = make()
+    core.robot = SamplerDriver("127.0.0.1", free_port(), timeout_s=0.1)
+    try:
+        for _ in range(100):  # 10 s of steps
+            clock[0] += 0.1
+            core.on_belt_reading(clock[0], {"speed_m_s": 3.0, "totalizer_t": 0.0, "flow_t_h": 3000.0, "status": 1})
+            core.step(clock[0])
+    finally:
+        core.robot.close()
+    polls = [r for r in caplog.records if "(attempt 1)" in r.getMessage()]
+    assert 2 <= len(polls) <= 6, len(polls)  # every 0.5 s it would be 20
+    assert core.health()["alarm_robot_link"] == 1
