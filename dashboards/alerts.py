@@ -59,6 +59,8 @@ LANE_GROUP = 'GROUP BY "site", "lane"'
 # not publish an alarm yet (an older release) leaves only that rule without data. The reference age and the
 # robot link have rules of their own. (field, title, severity, what it means for the inspector)
 INSTRUMENT_ALARMS = (
+    ("alarm_spectra_silent", "Spectrometer silent", "critical", "the belt runs and no spectrum reaches the edge: "
+                                                               "the ore passing is not judged"),
     ("alarm_saturation", "Spectra saturated", "warning", "saturated spectra are refused, not judged"),
     ("alarm_low_snr", "Spectrometer signal-to-noise low", "warning", "noisy spectra blur the clean-ore limits"),
     ("alarm_lamp_drift", "Spectrometer lamp drift", "warning", "reflectance is biased until a new white reference"),

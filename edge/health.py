@@ -55,11 +55,16 @@ class RateMeter:
         return (len(self._times) - 1) / (self._times[-1] - self._times[0])
 
 
+SPECTRA_SILENT_S = 10.0  # a running belt without a spectrum for this long: the lane is not judging its ore
+
+
 def alarms(health: dict, lane) -> dict[str, int]:
     """alarm_<name>: 1 when out of range (0 otherwise); `lane` is the LaneConfig with the limits."""
     age = health.get("reference_age_s", -1.0)
     fps = health.get("camera_fps", 0.0)
     return {
+        "alarm_spectra_silent": int(health.get("belt_speed_m_s", 0.0) > 0
+                                    and health.get("spectra_age_s", 0.0) >= SPECTRA_SILENT_S),
         "alarm_reference_stale": int(age < 0 or age >= lane.reference_max_age_s),
         "alarm_saturation": int(health.get("spectra_saturated_fraction", 0.0) >= lane.saturation_max_fraction),
         "alarm_low_snr": int(0 < health.get("spectra_snr", 0.0) < lane.snr_min),

@@ -96,8 +96,12 @@ class LaneCore:
         self.reference_grid: np.ndarray | None = None
         self._reference_times_s: dict[str, float] = {}  # "dark", "white": timestamp of the one in use
         self.lot: msg.Lot | None = None
+        # where on the belt each lot began (None: no lot from there), so ore is labelled with its own lot even
+        # when the next lot opens before its cut or event is recorded
+        self._lot_starts: list[tuple[float, msg.Lot | None]] = []
         self._last_seq: int | None = None
         self._spectra_until_s: float | None = None  # the latest spectrum timestamp handled
+        self._spectra_heard_s = clock()  # when the last spectra arrived (the daemon's start until the first)
         self.radiation_alarm = False
         self.belt_link_up = False
         self.belt_scale_status = SCALE_RUNNING  # the integrator's status bits (BELT_SCALE "status")
@@ -212,7 +216,7 @@ class LaneCore:
         self.counters.spectra_in += n
         seqs = batch.seq.astype(np.int64)
         times_s = batch.timestamp_ns.astype(np.float64) / 1e9
-        now_s = self.clock()
+        now_s = self._spectra_heard_s = self.clock()
         mistimed = (times_s < now_s - MAX_EVIDENCE_AGE_S) | (times_s > now_s + MAX_EVIDENCE_AHEAD_S)
         if n and batch.lane == self.lane.id and not mistimed.all():
             newest = float(times_s[~mistimed].max())
@@ -356,14 +360,31 @@ class LaneCore:
         if lot.state == "open" and self.lot is not None and self.lot.lot_id == lot.lot_id:
             self.lot = lot  # the same lot again (the broker resends the retained message on reconnection)
             return
+        latest = self.tracker.latest
+        here_m = latest.position_m if latest else 0.0
         if lot.state == "open":
-            latest = self.tracker.latest
-            self._lot_start_m = latest.position_m if latest else 0.0
+            self._lot_start_m = here_m
             self._brand_votes[:] = 0
             self._brand_judged = False
-        self.lot = lot if lot.state == "open" else None
+        if lot.state == "open" or (self.lot is not None and self.lot.lot_id == lot.lot_id):
+            self._lot_starts = self._lot_starts[-19:] + [(here_m, lot if lot.state == "open" else None)]
+        self.lot = lot if lot.state == "open" else (None if self.lot and self.lot.lot_id == lot.lot_id
+                                                    else self.lot)
         log.info("lane %s: lot %s %s (%s, declared %s)", self.lane.id, lot.lot_id, lot.state, lot.vessel,
                  lot.declared_brand)
+
+    def _lot_at(self, position_m: float) -> msg.Lot | None:
+        """The lot the ore at a belt coordinate belongs to."""
+        found = None
+        for start_m, lot in self._lot_starts:
+            if start_m > position_m:
+                break
+            found = lot
+        return found
+
+    def _lot_id_at(self, position_m: float) -> str | None:
+        lot = self._lot_at(position_m)
+        return lot.lot_id if lot else None
 
     def handle_deployment(self, dep: msg.ModelDeployment) -> None:
         """Swap to the deployed model between two batches (no spectrum waits or is dropped), or keep the
@@ -570,7 +591,7 @@ class LaneCore:
             ev.event_id, self.lane.id, update.state, ev.start_m, ev.end_m, ev.peak_position_m, ev.tonnage_t,
             ev.peak_score, ev.likely_class, ev.seq_first, ev.seq_last, tuple(ev.frame_seqs),
             opened_s=ev.opened_s if closed else self.clock(),
-            closed_s=self.clock() if closed else None, lot_id=self.lot.lot_id if self.lot else None)
+            closed_s=self.clock() if closed else None, lot_id=self._lot_id_at(ev.peak_position_m))
         if not closed:
             ev.opened_s = message.opened_s
             self.counters.events_opened += 1
@@ -616,7 +637,7 @@ class LaneCore:
         """Register and announce a sample request and schedule its cut; schedule=False records it missed at once
         (an increment the totalizer jumped over)."""
         now_s = self.clock()
-        lot = self.lot
+        lot = self._lot_at(target_m)
         request = msg.SampleRequest(self.registry.next_sample_id(), self.lane.id, kind, target_m, tonnage_t, now_s,
                                     event_id, lot.lot_id if lot else None)
         self.registry.create(request, who="edge", vessel=lot.vessel if lot else "", voyage=lot.voyage if lot else "",
@@ -762,6 +783,8 @@ class LaneCore:
             "objects_detected": c.objects_detected, "late_objects": c.late_objects, "events_opened": c.events_opened,
             "belt_readings_refused": c.belt_readings_refused,
             "belt_position_m": round(self.tracker.latest.position_m, 2) if self.tracker.latest else 0.0,
+            "belt_speed_m_s": round(self.tracker.latest.speed_m_s, 3) if self.tracker.latest else 0.0,
+            "spectra_age_s": round(now_s - self._spectra_heard_s, 1),
             "model_version": self.model.version,
             "spectra_snr": round(self.snr, 1), "spectra_saturated_fraction": round(self.saturated_fraction, 4),
             "lamp_drift_fraction": round(instrument_health.lamp_drift_fraction(self.first_white, self.white,

@@ -646,3 +646,36 @@ def test_polls_of_an_unreachable_plc_back_off_so_the_lane_keeps_up(lane_core, ca
     polls = [r for r in caplog.records if "(attempt 1)" in r.getMessage()]
     assert 2 <= len(polls) <= 6, len(polls)  # every 0.5 s it would be 20
     assert core.health()["alarm_robot_link"] == 1
+
+
+def test_ore_is_labelled_with_the_lot_it_came_in_even_after_the_next_lot_opened(lane_core, instrument):
+    make, clock, published, plc = lane_core
+    core = make()
+    rng = np.random.default_rng(16)
+    core.on_belt_reading(clock[0], {"speed_m_s": 3.0, "totalizer_t": 0.0, "flow_t_h": 3000.0, "status": 1})
+    core.handle_lot(msg.Lot(LANE, "LOT-A", "MV A", "V1", "hematite_lump_63", 50000.0, "BR", "open", clock[0]))
+    run_belt(core, clock, 5.0, instrument, rng)  # 15 m of LOT-A
+    core.handle_lot(msg.Lot(LANE, "LOT-A", "MV A", "V1", "hematite_lump_63", 50000.0, "BR", "closed", clock[0]))
+    core.handle_lot(msg.Lot(LANE, "LOT-B", "MV B", "V2", "hematite_lump_63", 50000.0, "BR", "open", clock[0]))
+    run_belt(core, clock, 2.0, instrument, rng)
+    core._request_cut("targeted", 10.0, 1.0, "ev-a")  # ore of LOT-A, cut after LOT-B opened
+    core._request_cut("targeted", 17.0, 1.0, "ev-b")
+    requests = [msg.SampleRequest.from_json(p) for leaf, p in published if leaf == "samples/request"]
+    assert [r.lot_id for r in requests] == ["LOT-A", "LOT-B"]
+    assert [core.registry.sample(r.sample_id).vessel for r in requests] == ["MV A", "MV B"]
+
+
+def test_a_running_belt_without_spectra_raises_the_silent_spectrometer_alarm(lane_core, instrument):
+    make, clock, published, plc = lane_core
+    core = make()
+    run_belt(core, clock, 2.0, instrument, np.random.default_rng(17))
+    assert core.health()["alarm_spectra_silent"] == 0
+    for _ in range(95):  # 9.5 s of belt, no spectra
+        clock[0] += 0.1
+        core.on_belt_reading(clock[0], {"speed_m_s": 3.0, "totalizer_t": 0.0, "flow_t_h": 3000.0, "status": 1})
+    assert core.health()["alarm_spectra_silent"] == 0
+    clock[0] += 0.6
+    core.on_belt_reading(clock[0], {"speed_m_s": 3.0, "totalizer_t": 0.0, "flow_t_h": 3000.0, "status": 1})
+    assert core.health()["alarm_spectra_silent"] == 1
+    core.on_belt_reading(clock[0] + 0.1, {"speed_m_s": 0.0, "totalizer_t": 0.0, "flow_t_h": 0.0, "status": 1})
+    assert core.health()["alarm_spectra_silent"] == 0  # a stopped belt carries no ore to judge
