@@ -13,6 +13,7 @@ import itertools
 import logging
 import math
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -40,6 +41,7 @@ MAX_HELD_SPECTRA = 5000  # spectra held while waiting for the dark and white ref
 # to this long; past it they settle anyway, so a silent spectrometer cannot hold up camera and radiation evidence.
 SPECTRA_WAIT_S = 5.0
 OPEN_EVENT_CUT_LEAD_M = 2.0  # see LaneCore._cut_open_event_before_its_peak_passes
+CLOSED_EVENTS_KEPT = 1000
 SNR_ROWS = 64  # signal-to-noise is a health figure: a sample of each batch is enough
 # Evidence is placed on the belt by its timestamp; one stamped far from the edge's clock (an instrument clock
 # gone wrong) would land kilometres away, and settling up to it would take forever. Refused beyond these.
@@ -117,7 +119,8 @@ class LaneCore:
         self._next_robot_poll_s = 0.0
         self._robot_failures = 0
         self._last_belt_pub_s = 0.0
-        self.closed_events: list[msg.ContaminationEvent] = []
+        # the latest closed events, for the demo's summary and tests (the record is the events topic)
+        self.closed_events: deque[msg.ContaminationEvent] = deque(maxlen=CLOSED_EVENTS_KEPT)
         self.first_white: np.ndarray | None = None
         self.snr = 0.0
         self.saturated_fraction = 0.0
