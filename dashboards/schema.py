@@ -19,8 +19,8 @@ HEALTH_FIELDS = ("reference_age_s", "belt_link_up", "belt_scale_fault", "robot_l
                  "camera_fps", "camera_mean_brightness", "camera_saturated_fraction", "radiation_dose_usv_h",
                  "radiation_link_up", "radiation_fault")
 HEALTH_ALARMS = ("alarm_spectra_silent", "alarm_reference_stale", "alarm_saturation", "alarm_low_snr",
-                 "alarm_lamp_drift", "alarm_camera_fps", "alarm_belt_link", "alarm_belt_scale_fault", "alarm_robot_link", "alarm_radiation_link",
-                 "alarm_radiation_fault")
+                 "alarm_lamp_drift", "alarm_camera_fps", "alarm_belt_link", "alarm_belt_scale_fault",
+                 "alarm_robot_link", "alarm_radiation_link", "alarm_radiation_fault")
 
 # Ingest's own health, written by ingest as the `ingest_health` measurement (issue 6, item 5).
 INGEST_HEALTH = "ingest_health"

@@ -131,7 +131,6 @@ class LaneCore:
         self.radiation_link_up = False
         self.radiation_fault = False
         self._alarms_on: set[str] = set()
-        self._lot_start_m: float | None = None
         self._brand_votes = np.zeros(len(getattr(model, "brand_names", ()) or ()), dtype=np.int64)
         self._brand_judged = False
 
@@ -357,22 +356,21 @@ class LaneCore:
                                                          tuple(objects)).to_json())
 
     def handle_lot(self, lot: msg.Lot) -> None:
-        if lot.state == "closed" and self.lot is not None and self.lot.lot_id == lot.lot_id:
-            latest = self.tracker.latest
-            self._check_brand(latest.position_m if latest else 0.0, final=True)
-        if lot.state == "open" and self.lot is not None and self.lot.lot_id == lot.lot_id:
+        """A lot opens or closes here on the belt; the close of another lot than the open one changes nothing."""
+        current = self.lot is not None and self.lot.lot_id == lot.lot_id
+        if lot.state == "open" and current:
             self.lot = lot  # the same lot again (the broker resends the retained message on reconnection)
             return
         latest = self.tracker.latest
         here_m = latest.position_m if latest else 0.0
+        if lot.state == "closed" and current:
+            self._check_brand(here_m, final=True)
         if lot.state == "open":
-            self._lot_start_m = here_m
             self._brand_votes[:] = 0
             self._brand_judged = False
-        if lot.state == "open" or (self.lot is not None and self.lot.lot_id == lot.lot_id):
+        if lot.state == "open" or current:
             self._lot_starts = self._lot_starts[-19:] + [(here_m, lot if lot.state == "open" else None)]
-        self.lot = lot if lot.state == "open" else (None if self.lot and self.lot.lot_id == lot.lot_id
-                                                    else self.lot)
+            self.lot = lot if lot.state == "open" else None
         log.info("lane %s: lot %s %s (%s, declared %s)", self.lane.id, lot.lot_id, lot.state, lot.vessel,
                  lot.declared_brand)
 
@@ -415,13 +413,8 @@ class LaneCore:
 
     def _votes_for(self, model: LaneModel, previous: LaneModel) -> np.ndarray:
         """The lot's brand votes so far under the new model's brands, by name (a brand it lacks loses its votes)."""
-        names = list(getattr(model, "brand_names", ()) or ())
-        old = list(getattr(previous, "brand_names", ()) or ())
-        votes = np.zeros(len(names), dtype=np.int64)
-        for i, name in enumerate(names):
-            if name in old and old.index(name) < self._brand_votes.size:
-                votes[i] = self._brand_votes[old.index(name)]
-        return votes
+        so_far = dict(zip(getattr(previous, "brand_names", ()) or (), self._brand_votes))
+        return np.array([so_far.get(name, 0) for name in getattr(model, "brand_names", ()) or ()], dtype=np.int64)
 
     # ------------------------------------------------------------------ instruments and robot
     def on_belt_reading(self, now_s: float, reading: dict[str, float]) -> None:
@@ -498,7 +491,7 @@ class LaneCore:
             return
         now_s = self.clock()
         event = msg.ContaminationEvent(
-            f"{self.lane.id}-{lot.lot_id}-brand", self.lane.id, "closed", self._lot_start_m or 0.0, position_m,
+            f"{self.lane.id}-{lot.lot_id}-brand", self.lane.id, "closed", self._lot_starts[-1][0], position_m,
             position_m, self.tracker.latest.totalizer_t if self.tracker.latest else 0.0, float(1.0 - match),
             "declaration_mismatch", -1, -1, (), now_s, now_s, lot.lot_id)
         log.warning("lane %s: lot %s declared %s but %.0f%% of %d clean spectra match it (most like %s)",
@@ -580,8 +573,7 @@ class LaneCore:
         position_m = self.tracker.position_at(now_s)
         waits = [self.scheduler.next_fire_in_s(position_m, latest.speed_m_s)]
         for target_m in self._open_event_targets_m():  # wake also where an open event's cut must be requested
-            lead_m = (target_m + self.lane.cutter_distance_m - latest.speed_m_s * self.lane.robot_reaction_s
-                      - OPEN_EVENT_CUT_LEAD_M - position_m)
+            lead_m = self.scheduler.fire_at(target_m, latest.speed_m_s) - OPEN_EVENT_CUT_LEAD_M - position_m
             if latest.speed_m_s > 0 and lead_m > 0:
                 waits.append(lead_m / latest.speed_m_s)
         waits = [w for w in waits if w is not None]
@@ -626,8 +618,7 @@ class LaneCore:
         if not self._open_event_targets_m():
             return
         ev = self.events.current
-        fire_m = ev.peak_position_m + self.lane.cutter_distance_m - speed_m_s * self.lane.robot_reaction_s
-        if position_m < fire_m - OPEN_EVENT_CUT_LEAD_M:
+        if position_m < self.scheduler.fire_at(ev.peak_position_m, speed_m_s) - OPEN_EVENT_CUT_LEAD_M:
             return
         ev.cut_requested = True
         log.info("lane %s: event %s still open %.1f m after its peak: cutting its peak so far", self.lane.id,

@@ -42,8 +42,12 @@ class CutScheduler:
         self.pending.append(cut)
         self.pending.sort(key=lambda c: c.target_m)
 
+    def fire_at(self, target_m: float, speed_m_s: float) -> float:
+        """Belt coordinate under the sensors at which the cut of the ore at target_m must be commanded."""
+        return target_m + self.cutter_distance_m - speed_m_s * self.reaction_s
+
     def fire_position_m(self, cut: PendingCut, speed_m_s: float) -> float:
-        return cut.target_m + self.cutter_distance_m - speed_m_s * self.reaction_s
+        return self.fire_at(cut.target_m, speed_m_s)
 
     def _window_m(self, cut: PendingCut, speed_m_s: float) -> float:
         if cut.kind == "targeted":
@@ -62,12 +66,12 @@ class CutScheduler:
 
     def due(self, position_m: float, speed_m_s: float, coming_targets_m: tuple[float, ...] = ()) -> list[PendingCut]:
         """Cuts to command now, targeted first. A routine cut waits while a targeted cut would fire
-        before the robot finished the routine cycle, so routine sampling never costs a targeted sample.
-        `coming_targets_m` are targets of targeted cuts not requested yet (an event still open), which
-        hold routine cuts back in the same way."""
+        before the robot finished the routine cycle, so routine sampling does not cost a targeted sample the
+        lane knows of. `coming_targets_m` are targets of targeted cuts not requested yet (an event still
+        open), which hold routine cuts back in the same way."""
         busy_m = speed_m_s * (self.robot_cycle_s + CYCLE_MARGIN_S)
         fire_m = [self.fire_position_m(c, speed_m_s) for c in self.pending if c.kind == "targeted"]
-        fire_m += [t + self.cutter_distance_m - speed_m_s * self.reaction_s for t in coming_targets_m]
+        fire_m += [self.fire_at(t, speed_m_s) for t in coming_targets_m]
         targeted_soon = any(position_m <= f <= position_m + busy_m for f in fire_m)
         due = [c for c in self.pending
                if self.fire_position_m(c, speed_m_s) <= position_m <= self.fire_position_m(c, speed_m_s)
@@ -76,7 +80,8 @@ class CutScheduler:
 
     def expired(self, position_m: float, speed_m_s: float) -> list[PendingCut]:
         """Cuts whose ore has gone past the cutter (or the routine window); removed from pending."""
-        gone = [c for c in self.pending if position_m > self.fire_position_m(c, speed_m_s) + self._window_m(c, speed_m_s)]
+        gone = [c for c in self.pending
+                if position_m > self.fire_position_m(c, speed_m_s) + self._window_m(c, speed_m_s)]
         self.pending = [c for c in self.pending if c not in gone]
         return gone
 
